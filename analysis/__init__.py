@@ -1,0 +1,1 @@
+"""Analysis of benchmark results (reads results/ files; never loads a model)."""

