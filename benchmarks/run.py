@@ -112,6 +112,10 @@ def embed(encoder, texts: list[str], what: str, cache: EmbeddingCache, fingerpri
     emb = encoder.encode(texts, desc=what)
     stats = dict(encoder.last_stats)
     stats.update(texts_per_s=stats["texts"] / stats["seconds"], tokens_per_s=stats["tokens"] / stats["seconds"])
+    # Achieved compute, with the FLOPs per token of a text of the mean length (attention's share
+    # grows with length, so this slightly undercounts a corpus of mixed lengths).
+    stats["flops_per_token"] = encoder.flops_per_token(max(1, round(stats["tokens"] / max(stats["texts"], 1))))
+    stats["flops_per_s"] = stats["flops_per_token"] * stats["tokens_per_s"]
     cache.save(fingerprint, texts, emb, stats)
     return emb, dict(stats, cached=False)
 

@@ -64,6 +64,9 @@ class BertEncoder(Encoder):
 
     def __init__(self, checkpoint: str | None = None, preset: str | None = None, **opts):
         from transformers import AutoConfig, AutoModel, BertConfig
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # our own progress bars are the ones that matter
 
         if checkpoint and preset:
             raise EncoderError("give either --checkpoint or --preset, not both")

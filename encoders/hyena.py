@@ -1,0 +1,257 @@
+"""Hyena (Poli et al. 2023, "Hyena Hierarchy") as the sequence mixer of the shared block.
+
+After HazyResearch's safari (`src/models/sequence/hyena.py`) and zoology (`zoology/mixers/hyena.py`):
+an input projection to (order + 1) x width, a short causal depthwise convolution (kernel 3) over
+the projections, then `order` rounds of "long causal convolution, then elementwise gate":
+
+    x_1, ..., x_N, v = short_conv(in_proj(u))
+    for n in 1..N:  v = x_n * (h_n * v + bias_n * v)        (* = causal convolution over time)
+    y = out_proj(v)
+
+Order N here follows the paper's Algorithm 3 (N long filters, N gates). safari's code counts
+differently: its `order=2` has one long filter and two gates; our order 2 has two of each.
+
+Each long filter h_n is implicit: a small FFN with sin activations (one learnable frequency per
+hidden unit, shared by the layers, as safari) maps positional features (t and complex exponentials)
+to one value per channel and position, times an exponential decay window. The filter is generated
+for the actual length L (a prefix of the l_max filter), and the convolution is an FFT of size 2L.
+
+Checkpoint format (our own): a directory with `config.json` (model_type "hyena-encoder") and
+`model.safetensors` (the MixerModel state dict); `save_pretrained(dir)` writes one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import register_encoder
+from .base import PRESETS, Encoder, EncoderError, _first_line, load_tokenizer
+from .blocks import MixerModel, gated_mlp_size
+
+MODEL_TYPE = "hyena-encoder"
+
+
+def fft_causal_conv(u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """y[..., t] = sum_{s <= t} k[c, t - s] u[..., c, s] + bias[c] u[..., c, t], as safari's `fftconv_ref`.
+
+    u: (B, C, L), k: (C, L), bias: (C,). Zero-padding to n = 2L turns the FFT's circular
+    convolution into a linear one, so no output position sees a later input: causal. The skip
+    term is a filter tap at lag 0 (bias x delta), whose spectrum is the constant `bias`: adding it
+    to the filter's spectrum saves a pass over u."""
+    L = u.shape[-1]
+    n = 2 * L
+    k_f = torch.fft.rfft(k, n=n) + bias.unsqueeze(-1)
+    return torch.fft.irfft(torch.fft.rfft(u, n=n) * k_f, n=n)[..., :L]
+
+
+def direct_causal_conv(u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The O(L^2) reference of `fft_causal_conv`: an explicit lower-triangular Toeplitz matrix."""
+    L = u.shape[-1]
+    lag = torch.arange(L, device=u.device)
+    lag = lag[:, None] - lag[None, :]  # (t, s) -> t - s
+    toeplitz = k[:, lag.clamp(min=0)] * (lag >= 0)  # (C, L, L); zero above the diagonal
+    return torch.einsum("cts,bcs->bct", toeplitz, u) + u * bias.unsqueeze(-1)
+
+
+class HyenaFilter(nn.Module):
+    """Implicit long filters: FFN(positional features) * exponential decay window, for `channels`
+    channels (order x width). Hyperparameters as safari's Pile config (emb_dim 33, FFN width 64,
+    two inner layers, sin frequency w = 14; decay from 1e-2 at 30% to 150% of l_max)."""
+
+    def __init__(self, channels: int, l_max: int, emb_dim: int = 33, filter_order: int = 64,
+                 num_inner_mlps: int = 2, w: float = 14.0, fast_decay_pct: float = 0.3,
+                 slow_decay_pct: float = 1.5, target: float = 1e-2):
+        super().__init__()
+        if emb_dim < 3 or emb_dim % 2 == 0:
+            raise EncoderError(f"Hyena filter emb_dim must be odd and >= 3 (t, cos, sin), got {emb_dim}")
+        self.l_max, self.emb_dim, self.w = l_max, emb_dim, w
+        # Positional features, learnable as in safari (lr_pos_emb); filled by reset_parameters.
+        self.z = nn.Parameter(torch.empty(l_max, emb_dim))
+        self.register_buffer("t", torch.linspace(0, 1, l_max)[:, None], persistent=False)  # (l_max, 1)
+        self.freq = nn.Parameter(torch.empty(filter_order))  # Sin activation, shared by the FFN layers
+        self.inp = nn.Linear(emb_dim, filter_order)
+        self.hidden = nn.ModuleList(nn.Linear(filter_order, filter_order) for _ in range(num_inner_mlps))
+        self.out = nn.Linear(filter_order, channels, bias=False)
+        # Decay rates spread over the channels, from slow to fast (safari's ExponentialModulation;
+        # not trained there either: modulation_lr = 0).
+        max_decay = math.log(target) / fast_decay_pct
+        min_decay = math.log(target) / slow_decay_pct
+        self.register_buffer("deltas", torch.linspace(min_decay, max_decay, channels).abs(), persistent=False)
+        self.bias = nn.Parameter(torch.empty(channels))  # the per-channel skip term "D" of the long conv
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        # safari's PositionalEmbedding: [t, Re, Im of exp(-i f w)] with `bands` frequencies.
+        bands = (self.emb_dim - 1) // 2
+        w = 2 * math.pi * torch.arange(self.l_max)[:, None] / self.l_max
+        f = torch.linspace(1e-4, bands - 1, bands)[None]
+        self.z.copy_(torch.cat([self.t, torch.cos(f * w), -torch.sin(f * w)], dim=-1))
+        self.freq.fill_(self.w)
+        nn.init.normal_(self.bias)  # safari: torch.randn
+
+    def forward(self, L: int) -> torch.Tensor:
+        """The filters for positions 0..L-1: (channels, L), in float32."""
+        with torch.autocast(self.z.device.type, enabled=False):
+            h = torch.sin(self.freq * self.inp(self.z[:L].float()))
+            for layer in self.hidden:
+                h = torch.sin(self.freq * layer(h))
+            h = self.out(h) * torch.exp(-self.t[:L] * self.deltas)  # (L, channels)
+        return h.t()
+
+
+class Hyena(nn.Module):
+    """The Hyena operator: `mixer(x, mask)` on (B, L, D). Causal, so the mask is not needed with
+    right padding (real tokens never see the pads after them)."""
+
+    def __init__(self, hidden_size: int, l_max: int, order: int = 2, short_filter_order: int = 3, **filter_args):
+        super().__init__()
+        self.hidden_size, self.order, self.l_max = hidden_size, order, l_max
+        self.in_proj = nn.Linear(hidden_size, (order + 1) * hidden_size)
+        width = (order + 1) * hidden_size
+        # Depthwise; padding k-1 on both sides, then keep the first L outputs: causal.
+        self.short_filter = nn.Conv1d(width, width, short_filter_order, groups=width, padding=short_filter_order - 1)
+        # Channel c of filter n sits at index c * order + n (safari's '(v o)' layout), so every
+        # order gets the whole range of decay rates.
+        self.filter = HyenaFilter(order * hidden_size, l_max, **filter_args)
+        self.out_proj = nn.Linear(hidden_size, hidden_size)
+        self.conv = fft_causal_conv  # tests swap in direct_causal_conv
+
+    def reset_mixer_parameters(self) -> None:
+        # safari's LM init touches only Linear and Embedding: the short conv keeps PyTorch's default.
+        self.short_filter.reset_parameters()
+        self.filter.reset_parameters()
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, L, D = x.shape
+        if L > self.l_max:
+            raise EncoderError(f"sequence of {L} tokens exceeds the Hyena filter length l_max={self.l_max}")
+        u = self.short_filter(self.in_proj(x).transpose(1, 2))[..., :L]  # (B, (N+1)D, L)
+        *gates, v = u.split(D, dim=1)
+        k = self.filter(L).view(D, self.order, L)
+        bias = self.filter.bias.view(D, self.order)
+        dtype = v.dtype
+        with torch.autocast(x.device.type, enabled=False):  # FFTs in float32, as safari
+            v = v.float()
+            for n in range(self.order):
+                v = gates[n].float() * self.conv(v, k[:, n], bias[:, n].float())
+        return self.out_proj(v.to(dtype).transpose(1, 2))
+
+
+@register_encoder("hyena")
+class HyenaEncoder(Encoder):
+    """Hyena operator in the shared pre-norm block (blocks.MixerModel), from a preset or a
+    checkpoint directory written by `save_pretrained`."""
+
+    is_causal = True
+
+    def __init__(self, checkpoint: str | None = None, preset: str | None = None, **opts):
+        if checkpoint and preset:
+            raise EncoderError("give either --checkpoint or --preset, not both")
+        if checkpoint:
+            path = Path(checkpoint)
+            cfg = read_config(path)
+            tokenizer = opts.pop("tokenizer", None)
+            if tokenizer is None and (path / "tokenizer_config.json").is_file():
+                tokenizer = load_tokenizer(path)
+            super().__init__(tokenizer, **opts)
+            if len(self.tokenizer) > cfg["vocab_size"]:
+                raise EncoderError(f"the tokenizer has {len(self.tokenizer)} tokens but checkpoint {checkpoint!r} "
+                                   f"embeds only {cfg['vocab_size']}")
+            self.model = build_model(cfg)
+            load_weights(self.model, path)
+            self.label = path.name
+            source = str(path)
+        else:
+            preset = preset or "small"
+            if preset not in PRESETS:
+                raise EncoderError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+            super().__init__(opts.pop("tokenizer", None), **opts)
+            p = PRESETS[preset]
+            cfg = dict(model_type=MODEL_TYPE, vocab_size=len(self.tokenizer), hidden_size=p["hidden_size"],
+                       num_layers=p["num_layers"],
+                       # SwiGLU at fla's default width (2/3 x 4 x hidden): the same MLP as RetNet/GLA.
+                       intermediate_size=gated_mlp_size(p["hidden_size"]),
+                       order=2, filter_order=64, emb_dim=33, short_filter_order=3,
+                       l_max=max(512, self.max_length),  # filters exist for every length up to l_max
+                       norm_eps=1e-6, pad_token_id=self.pad_token_id)
+            self.model = build_model(cfg)  # random init from the global torch seed
+            self.label = preset
+            source = f"preset:{preset}"
+        if self.max_length > cfg["l_max"]:
+            raise EncoderError(f"--max-length {self.max_length} exceeds the Hyena filter length l_max={cfg['l_max']}")
+        self.cfg = cfg
+        self.arch_config = {**cfg, "source": source}
+        self.kernel_path = f"torch.fft {self.device.type}"
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids, attention_mask)
+
+    def flops_per_token(self, seq_len: int) -> float:
+        # super(): 2 x non-embedding weights. That covers the projections, short conv, MLP and the
+        # filter FFN (its L positions are generated once per sequence: 2 x FFN weights per token, an
+        # upper bound as the filter is shared by the batch). The positional features z are inputs,
+        # not weights: take them out. On top, per layer, order and channel, per token:
+        #   FFT conv with n = 2L: rfft(u) + irfft, 2 x 2.5 n log2 n / L = 10 log2(2L); rfft of the
+        #   filter once per sequence, 5 log2(2L); spectrum product 6 (a complex multiply-add on
+        #   L + 1 bins; the bias skip is folded into the filter's spectrum); gate 1; decay window 1.
+        # So per token: 2 x weights - 2 x |z| + layers x order x width x (15 log2(2L) + 8).
+        cfg = self.cfg
+        z = cfg["num_layers"] * cfg["l_max"] * cfg["emb_dim"]
+        per_channel = 15.0 * math.log2(2 * seq_len) + 8.0
+        return super().flops_per_token(seq_len) - 2.0 * z + cfg["num_layers"] * cfg["order"] * cfg["hidden_size"] * per_channel
+
+    def save_pretrained(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.json").write_text(json.dumps(self.cfg, indent=2) + "\n")
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
+                  str(path / "model.safetensors"))
+        self.tokenizer.save_pretrained(str(path))
+
+
+CONFIG_KEYS = ("vocab_size", "hidden_size", "num_layers", "intermediate_size", "order", "filter_order",
+               "emb_dim", "short_filter_order", "l_max")
+
+
+def read_config(path: Path) -> dict:
+    file = path / "config.json"
+    if not file.is_file():
+        raise EncoderError(f"checkpoint {str(path)!r} has no config.json (expected a directory written by save_pretrained)")
+    try:
+        cfg = json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        raise EncoderError(f"checkpoint {str(path)!r}: config.json does not parse: {_first_line(e)}") from None
+    if cfg.get("model_type") != MODEL_TYPE:
+        raise EncoderError(f"checkpoint {str(path)!r} is a {cfg.get('model_type')!r} model, not {MODEL_TYPE!r}")
+    missing = [k for k in CONFIG_KEYS if not isinstance(cfg.get(k), int)]
+    if missing:
+        raise EncoderError(f"checkpoint {str(path)!r}: config.json lacks integer {', '.join(missing)}")
+    return cfg
+
+
+def build_model(cfg: dict) -> MixerModel:
+    def make_mixer(layer_idx: int) -> Hyena:
+        return Hyena(cfg["hidden_size"], cfg["l_max"], order=cfg["order"], short_filter_order=cfg["short_filter_order"],
+                     emb_dim=cfg["emb_dim"], filter_order=cfg["filter_order"])
+
+    return MixerModel(cfg["vocab_size"], cfg["hidden_size"], cfg["num_layers"], make_mixer, cfg["intermediate_size"],
+                      norm_eps=cfg.get("norm_eps", 1e-6), pad_token_id=cfg.get("pad_token_id"))
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    file = path / "model.safetensors"
+    if not file.is_file():
+        raise EncoderError(f"checkpoint {str(path)!r} has no model.safetensors")
+    try:
+        model.load_state_dict(load_file(str(file)), strict=True)
+    except Exception as e:  # safetensors header errors, missing/unexpected keys, shape mismatches
+        raise EncoderError(f"checkpoint {str(path)!r} does not match its config: {_first_line(e)}") from None

@@ -1,0 +1,228 @@
+"""Mamba (selective state space model) encoders on transformers' `MambaModel`: a Hugging Face Mamba
+checkpoint (hub id such as `state-spaces/mamba-130m-hf`, or a local directory) or a randomly
+initialised Mamba at one of the shared presets.
+
+Compute paths (`kernel_path`):
+- "mamba-ssm cuda": on CUDA with mamba-ssm and causal-conv1d installed, transformers' own mixer
+  runs their fused kernels; we leave it alone.
+- "chunked-scan <device>": everywhere else. transformers' fallback loops over every token in Python
+  and materialises (batch, d_inner, length, d_state) tensors; `chunked_mixer_forward` (bound to each
+  mixer instance, transformers untouched) computes the same thing chunk by chunk in
+  O(batch x d_inner x chunk x d_state) memory, several times faster.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import types
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import register_encoder
+from .base import PRESETS, Encoder, EncoderError, _first_line, load_tokenizer
+
+# Preset shape. Mamba has no MLP blocks, so at n_layer = num_layers the mixer must carry the
+# parameters BERT spends on its MLP: expand 4 puts tiny/small/base within 3-5% of BERT.
+EXPAND, D_STATE, D_CONV = 4, 16, 4
+CHUNK_SIZE = 8  # time steps per chunk; 4-16 are all close on CPU, 8 keeps the chunk tensors cache-sized
+
+
+def selective_scan_chunked(x, dt, A, B, C, chunk_size: int = CHUNK_SIZE):
+    """Mamba's selective scan, per (batch, channel e, state n):
+
+        h_t = exp(dt_t A) * h_{t-1} + dt_t x_t B_t,    y_t = sum_n C_t[n] h_t[n]
+
+    Time-major and float32: x, dt: (length, batch, d_inner), dt after softplus; A: (d_inner,
+    d_state), negative; B, C: (length, batch, d_state). Returns y: (length, batch, d_inner).
+
+    Recurrent across chunks, carrying h. Within a chunk the discretisation exp(dt A), the input
+    dt x B and the read-out C.h are computed for all positions at once, and the state update is
+    one fused in-place multiply-add per step. Every decay factor is exp of a non-positive number,
+    so nothing can overflow. The segment-sum form of Mamba-2's SSD (exp(S_t - S_s) for s <= t) does
+    not pay here: Mamba-1's decay differs per (channel, state), so its chunk-squared term costs
+    ~chunk/2 extra exps per element and no matmul absorbs it (measured 3-6x slower on CPU).
+    Memory: two (chunk, batch, d_state, d_inner) buffers, reused by every chunk.
+    """
+    length, batch, d_inner = x.shape
+    d_state = A.shape[1]
+    # Chunk tensors are (time, batch, state, channel): a time step is one contiguous block, and the
+    # read-out is a (1 x d_state) @ (d_state x d_inner) product over contiguous rows.
+    u = (dt * x)[:, :, None, :]
+    dt = dt[:, :, None, :]
+    B = B[..., None]
+    C = C.contiguous()
+    # exp(dt A) as exp2(dt A log2(e)): torch's exp2 is about twice as fast as its exp on CPU.
+    A2 = (A * math.log2(math.e)).t().contiguous()
+    chunk = min(chunk_size, length)
+    decay = x.new_empty(chunk, batch, d_state, d_inner)
+    states = x.new_empty(chunk, batch, d_state, d_inner)
+    h = x.new_zeros(batch, d_state, d_inner)
+    y = x.new_empty(length, batch, d_inner)
+    for start in range(0, length, chunk):
+        end = min(start + chunk, length)
+        n = end - start
+        a, s = decay[:n], states[:n]
+        torch.exp2(torch.mul(dt[start:end], A2, out=a), out=a)  # in (0, 1]
+        torch.mul(u[start:end], B[start:end], out=s)  # the input term; the recurrence makes it the state
+        s[0].addcmul_(a[0], h)
+        for t in range(1, n):
+            s[t].addcmul_(a[t], s[t - 1])
+        torch.bmm(C[start:end].view(n * batch, 1, d_state), s.view(n * batch, d_state, d_inner),
+                  out=y[start:end].view(n * batch, 1, d_inner))
+        h.copy_(s[n - 1])
+    return y
+
+
+def chunked_mixer_forward(self, hidden_states, cache_params=None, attention_mask=None, **kwargs):
+    """`MambaMixer.forward` for cache-free inference with `selective_scan_chunked`. Bound to a
+    mixer instance (`bind_chunked_scan`). Computes what transformers' torch path computes, step by
+    step, including where the attention mask zeroes pads (before in_proj and after the conv), but
+    time-major throughout: every elementwise op then runs on contiguous memory (on (batch, d_inner,
+    length) views they cost as much as the scan itself)."""
+    if cache_params is not None:
+        raise ValueError("the chunked Mamba scan runs without a cache; call the model with use_cache=False")
+    dtype = hidden_states.dtype
+    mask = None if attention_mask is None else attention_mask.t()[:, :, None]  # (length, batch, 1)
+    hidden_states = hidden_states.transpose(0, 1)
+    if mask is not None:
+        hidden_states = (hidden_states * mask).to(dtype)
+    x, gate = self.in_proj(hidden_states.contiguous()).chunk(2, dim=-1)  # (length, batch, d_inner) each
+    # Causal depthwise conv as shifted multiply-adds: out[t] = bias + sum_k w[k] x[t - (K-1) + k].
+    w = self.conv1d.weight[:, 0, :]  # (d_inner, K)
+    K = w.shape[1]
+    conv = x * w[:, K - 1] if self.conv1d.bias is None else torch.addcmul(self.conv1d.bias, x, w[:, K - 1])
+    for k in range(K - 1):
+        shift = K - 1 - k
+        conv[shift:].addcmul_(x[:-shift], w[:, k])
+    x = self.act(conv)
+    if mask is not None:
+        x = (x * mask).to(x.dtype)
+    time_step, B, C = torch.split(self.x_proj(x), [self.time_step_rank, self.ssm_state_size, self.ssm_state_size],
+                                  dim=-1)
+    dt = F.linear(time_step, self.dt_proj.weight)
+    # The scan in float32 (float64 for a float64 model) whatever the autocast dtype: states
+    # accumulate over the whole text.
+    f = torch.promote_types(dtype, torch.float32)
+    with torch.autocast(x.device.type, enabled=False):
+        dt = F.softplus(dt.to(f) + self.dt_proj.bias.to(f))
+        A = -torch.exp(self.A_log.to(f))
+        x = x.to(f)
+        y = selective_scan_chunked(x, dt, A, B.to(f), C.to(f), self.scan_chunk_size)
+        y = y.addcmul_(x, self.D.to(f)).mul_(F.silu(gate.to(f)))
+    return self.out_proj(y.to(dtype)).transpose(0, 1)
+
+
+def bind_chunked_scan(model, chunk_size: int = CHUNK_SIZE) -> None:
+    """Route every MambaMixer of `model` through `chunked_mixer_forward`."""
+    from transformers.models.mamba.modeling_mamba import MambaMixer
+
+    for module in model.modules():
+        if isinstance(module, MambaMixer):
+            module.scan_chunk_size = chunk_size
+            module.forward = types.MethodType(chunked_mixer_forward, module)
+
+
+def unbind_chunked_scan(model) -> None:
+    """Back to transformers' own MambaMixer.forward (its kernels, or its per-token torch loop)."""
+    for module in model.modules():
+        if "forward" in vars(module) and getattr(module.forward, "__func__", None) is chunked_mixer_forward:
+            del module.forward
+
+
+def mamba_kernels_available() -> bool:
+    """Whether transformers' Mamba can run mamba-ssm's selective scan and causal-conv1d (CUDA only).
+    Imported here, guarded: neither package exists on a CPU-only machine."""
+    try:
+        importlib.import_module("mamba_ssm.ops.selective_scan_interface")
+        importlib.import_module("causal_conv1d")
+    except Exception:
+        return False
+    return True
+
+
+@register_encoder("mamba")
+class MambaEncoder(Encoder):
+    """A (causal) Mamba backbone from transformers' MambaModel; pool over its token states."""
+
+    is_causal = True
+
+    def __init__(self, checkpoint: str | None = None, preset: str | None = None, chunk_size: int = CHUNK_SIZE,
+                 **opts):
+        from transformers import AutoConfig, MambaConfig, MambaModel
+
+        if checkpoint and preset:
+            raise EncoderError("give either --checkpoint or --preset, not both")
+        if int(chunk_size) < 1:
+            raise EncoderError(f"chunk_size must be positive, got {chunk_size}")
+        if checkpoint is None:
+            preset = preset or "small"
+            if preset not in PRESETS:
+                raise EncoderError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+            p = PRESETS[preset]
+            super().__init__(opts.pop("tokenizer", None), **opts)
+            config = MambaConfig(vocab_size=len(self.tokenizer), hidden_size=p["hidden_size"],
+                                 num_hidden_layers=p["num_layers"], expand=EXPAND, state_size=D_STATE,
+                                 conv_kernel=D_CONV, pad_token_id=self.pad_token_id, use_cache=False)
+            self.model = MambaModel(config)  # random init from the global torch seed
+            self.label = preset
+            source = f"preset:{preset}"
+        else:
+            local = Path(checkpoint)
+            try:
+                config = AutoConfig.from_pretrained(checkpoint)
+            except Exception as e:
+                raise EncoderError(f"checkpoint {checkpoint!r} does not load: {_first_line(e)}") from None
+            if config.model_type != "mamba":
+                raise EncoderError(f"checkpoint {checkpoint!r} is a {config.model_type!r} model, not Mamba "
+                                   f"(try --encoder {config.model_type})")
+            tokenizer = opts.pop("tokenizer", None) or checkpoint_tokenizer(checkpoint)
+            super().__init__(tokenizer, **opts)  # None: the default BERT tokenizer (our presets' own saves)
+            if len(self.tokenizer) > config.vocab_size:
+                raise EncoderError(f"the tokenizer has {len(self.tokenizer)} tokens but checkpoint {checkpoint!r} "
+                                   f"embeds only {config.vocab_size}")
+            try:
+                # A MambaForCausalLM checkpoint (backbone.* weights) loads into the bare backbone.
+                self.model, info = MambaModel.from_pretrained(checkpoint, config=config, output_loading_info=True)
+            except Exception as e:
+                raise EncoderError(f"checkpoint {checkpoint!r} does not load: {_first_line(e)}") from None
+            if info["missing_keys"]:  # transformers would silently leave them randomly initialised
+                missing = sorted(info["missing_keys"])
+                raise EncoderError(f"checkpoint {checkpoint!r} lacks {len(missing)} Mamba weights, e.g. {missing[0]}")
+            self.label = local.name if local.exists() else checkpoint.split("/")[-1]
+            source = checkpoint
+        self.model.eval()
+        if self.device.type == "cuda" and mamba_kernels_available():
+            self.kernel_path = "mamba-ssm cuda"  # transformers' mixer calls the fused kernels itself
+        else:
+            bind_chunked_scan(self.model, int(chunk_size))
+            self.kernel_path = f"chunked-scan {self.device.type}"
+        cfg = self.model.config
+        self.arch_config = dict(model_type="mamba", hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
+                                expand=cfg.expand, intermediate_size=cfg.intermediate_size, state_size=cfg.state_size,
+                                conv_kernel=cfg.conv_kernel, time_step_rank=cfg.time_step_rank,
+                                vocab_size=cfg.vocab_size, source=source)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # Right padding: real tokens never see the pads after them. Without pads, skip the mask.
+        mask = None if bool(attention_mask.all()) else attention_mask
+        return self.model(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
+
+    def flops_per_token(self, seq_len: int) -> float:
+        cfg = self.model.config
+        # The scan per token, layer, channel and state: exp(dt A) and dt*A (2), dt x B (2), the state
+        # update (2), the read-out C.h (2), softplus/skip/gate amortised (~1): about 9. The depthwise
+        # conv is one multiply-add per weight and token, already inside super()'s 2 x weights.
+        return super().flops_per_token(seq_len) + 9.0 * cfg.intermediate_size * cfg.state_size * cfg.num_hidden_layers
+
+
+def checkpoint_tokenizer(checkpoint: str):
+    """The checkpoint's own tokenizer. A local directory without tokenizer files (e.g. a preset saved
+    with save_pretrained) gets None: the default BERT tokenizer the presets use."""
+    local = Path(checkpoint)
+    if local.is_dir() and not any((local / f).is_file() for f in
+                                  ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model")):
+        return None
+    return load_tokenizer(checkpoint)

@@ -1,0 +1,242 @@
+"""RWKV-4 encoders on transformers' `RwkvModel`: a Hugging Face RWKV-4 checkpoint (hub id such as
+`RWKV/rwkv-4-169m-pile`, or a local directory), a BlinkDL RWKV-4 `.pth` state dict, or a randomly
+initialised RWKV-4 at one of the shared presets.
+
+RWKV is a causal RNN: `RwkvModel` ignores `attention_mask`. The base class pads on the right, so a
+real token never sees a pad, and pooling takes real tokens only; padding cannot change an embedding.
+
+WKV (the time-mixing recurrence) runs transformers' CUDA kernel when transformers loaded it (it
+fetches `kernels-community/rwkv` through the `kernels` package, so it needs that package, ninja and
+the hub or its cache) and the tensors are on CUDA; otherwise transformers' torch recurrence
+`rwkv_linear_attention_cpu`, which loops over time but is vectorised over batch x channels. A chunked
+CPU WKV was tried and measured slower at encoding batch sizes (see the README section), so it is not
+used.
+
+RWKV-5/6/7 (the `rwkv` pip package's later checkpoints, HF model types rwkv5/6/7) are different
+architectures (multi-head matrix-valued state, data-dependent decay) and are refused.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from . import register_encoder
+from .base import PRESETS, Encoder, EncoderError, _first_line, load_tokenizer
+
+# Per channel and token the WKV recurrence does 4 exp, 2 max and ~18 add/mul/div (output and state
+# update, as in rwkv_linear_attention_cpu); each counts as one FLOP.
+WKV_FLOPS_PER_CHANNEL = 24
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
+
+
+def blinkdl_to_hf(state_dict: dict) -> dict:
+    """Rename a BlinkDL RWKV-4 state dict to `RwkvModel` names (as transformers'
+    convert_rwkv_checkpoint_to_hf.py does, without the `rwkv.` prefix and the LM head)."""
+    out = {}
+    for name, weight in state_dict.items():
+        if name == "head.weight":
+            continue  # the LM head; an encoder does not use it
+        name = name.replace("emb.", "embeddings.", 1) if name.startswith("emb.") else name
+        name = name.replace("blocks.0.ln0.", "blocks.0.pre_ln.")
+        name = re.sub(r"blocks\.(\d+)\.att\.", r"blocks.\1.attention.", name)
+        name = re.sub(r"blocks\.(\d+)\.ffn\.", r"blocks.\1.feed_forward.", name)
+        name = re.sub(r"\.time_mix_k$", ".time_mix_key", name)
+        name = re.sub(r"\.time_mix_v$", ".time_mix_value", name)
+        name = re.sub(r"\.time_mix_r$", ".time_mix_receptance", name)
+        weight = weight.float()
+        # Some exports squeeze the time_* vectors; RwkvModel wants (1, 1, D) mixes and (D,) decays.
+        if ".time_mix_" in name:
+            weight = weight.reshape(1, 1, -1)
+        elif name.endswith((".time_decay", ".time_first")):
+            weight = weight.reshape(-1)
+        out[name] = weight
+    return out
+
+
+def rwkv_version(state_dict: dict) -> str:
+    """Which RWKV generation a BlinkDL state dict is, from its key names."""
+    keys = set(state_dict)
+    if any(".att.ln_x." in k for k in keys):
+        return "5"  # RWKV-5 (and 6) normalise the multi-head WKV output with ln_x
+    if any(".att.time_maa" in k for k in keys):
+        return "6"
+    if any(k.endswith((".att.w0", ".att.x_r")) for k in keys):
+        return "7"
+    if "blocks.0.att.time_mix_k" in keys and "blocks.0.att.time_first" in keys:
+        return "4"
+    return "unknown"
+
+
+@register_encoder("rwkv")
+class RwkvEncoder(Encoder):
+    """RWKV-4 (transformers' RwkvModel): token-shift + WKV time mixing, squared-ReLU channel mixing."""
+
+    is_causal = True
+
+    def __init__(self, checkpoint: str | None = None, preset: str | None = None, **opts):
+        from transformers import RwkvConfig
+
+        if checkpoint and preset:
+            raise EncoderError("give either --checkpoint or --preset, not both")
+        if not checkpoint:
+            preset = preset or "small"
+            if preset not in PRESETS:
+                raise EncoderError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+            super().__init__(opts.pop("tokenizer", None), **opts)
+            p = PRESETS[preset]
+            # RWKV-4 has 5 D^2 matrices per layer outside the FFN's up/down (k, v, r, o and the
+            # channel-mix receptance), BERT 4: narrowing the FFN by D/2 pays for the extra one.
+            config = RwkvConfig(vocab_size=len(self.tokenizer), hidden_size=p["hidden_size"],
+                                num_hidden_layers=p["num_layers"], attention_hidden_size=p["hidden_size"],
+                                intermediate_size=p["intermediate_size"] - p["hidden_size"] // 2,
+                                context_length=max(1024, self.max_length),  # the CUDA kernel's length limit
+                                pad_token_id=self.pad_token_id)
+            self.model = self._build(config)  # random init from the global torch seed
+            self.label, source = preset, f"preset:{preset}"
+        elif str(checkpoint).endswith(".pth"):
+            tokenizer = opts.pop("tokenizer", None)
+            super().__init__(tokenizer, **opts)
+            self.model = self._load_pth(str(checkpoint), tokenizer_given=tokenizer is not None)
+            self.label, source = Path(checkpoint).stem, str(checkpoint)
+        else:
+            source = str(checkpoint)
+            config = self._hf_config(source)
+            tokenizer = opts.pop("tokenizer", None)
+            local = Path(source)
+            if tokenizer is None and (not local.exists() or any((local / f).is_file() for f in TOKENIZER_FILES)):
+                tokenizer = load_tokenizer(source)  # the checkpoint's own tokenizer (a hub id must ship one)
+            super().__init__(tokenizer, **opts)
+            self.model = self._load_hf(source, config)
+            self.label = local.name if local.exists() else source.split("/")[-1]
+        cfg = self.model.config
+        if len(self.tokenizer) > cfg.vocab_size:
+            raise EncoderError(f"the tokenizer has {len(self.tokenizer)} tokens but the model embeds only "
+                               f"{cfg.vocab_size}; pass the checkpoint's tokenizer")
+        self.model.eval()
+        self.arch_config = {k: getattr(cfg, k) for k in ("model_type", "hidden_size", "num_hidden_layers",
+                            "attention_hidden_size", "intermediate_size", "vocab_size", "context_length",
+                            "rescale_every", "layer_norm_epsilon")}
+        self.arch_config["source"] = source
+        self.kernel_path = self._kernel_path()
+
+    # -- building and loading -------------------------------------------------------------------
+    @staticmethod
+    def _build(config):
+        from transformers import RwkvModel
+
+        # transformers tries to load its WKV CUDA kernel while building the attention layers; a
+        # failure there is only logged, and the torch recurrence is used instead.
+        return RwkvModel(config)
+
+    @staticmethod
+    def _hf_config(source: str):
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(source)
+        except Exception as e:
+            raise EncoderError(f"checkpoint {source!r} does not load: {_first_line(e)}") from None
+        if config.model_type != "rwkv":
+            raise EncoderError(f"checkpoint {source!r} is a {config.model_type!r} model, not RWKV-4 "
+                               "(model_type 'rwkv'; RWKV-5/6/7 are different architectures)")
+        return config
+
+    @staticmethod
+    def _load_hf(source: str, config):
+        from transformers import RwkvModel
+
+        try:
+            # RwkvForCausalLM checkpoints (the hub's RWKV/*) keep the backbone under `rwkv.`;
+            # from_pretrained strips that prefix and drops the LM head.
+            model, info = RwkvModel.from_pretrained(source, config=config, dtype=torch.float32,
+                                                    output_loading_info=True)
+        except Exception as e:
+            raise EncoderError(f"checkpoint {source!r} does not load: {_first_line(e)}") from None
+        if info["missing_keys"]:
+            missing = sorted(info["missing_keys"])
+            raise EncoderError(f"checkpoint {source!r} lacks {len(missing)} RWKV weights (e.g. {missing[0]})")
+        return model
+
+    def _load_pth(self, path: str, tokenizer_given: bool):
+        from transformers import RwkvConfig
+
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise EncoderError(f"checkpoint {path!r} does not load: {_first_line(e)}") from None
+        if not isinstance(raw, dict) or "emb.weight" not in raw:
+            raise EncoderError(f"checkpoint {path!r} is not a BlinkDL RWKV state dict (no emb.weight)")
+        version = rwkv_version(raw)
+        if version != "4":
+            raise EncoderError(f"checkpoint {path!r} is RWKV-{version}, not RWKV-4; only RWKV-4 maps onto "
+                               "transformers' RwkvModel (RWKV-5/6/7 use a multi-head matrix state)")
+        sd = blinkdl_to_hf(raw)
+        vocab, hidden = sd["embeddings.weight"].shape
+        if not tokenizer_given and vocab != len(self.tokenizer):
+            raise EncoderError(f"{path!r} embeds {vocab} tokens and a .pth carries no tokenizer: pass "
+                               "tokenizer= (e.g. EleutherAI/gpt-neox-20b for the RWKV-4 Pile models)")
+        layers = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+        config = RwkvConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                            attention_hidden_size=sd["blocks.0.attention.key.weight"].shape[0],
+                            intermediate_size=sd["blocks.0.feed_forward.key.weight"].shape[0],
+                            context_length=max(1024, self.max_length), pad_token_id=self.pad_token_id)
+        # Build on the meta device (no random init of weights about to be replaced), then take the
+        # checkpoint's tensors; strict, so a missing or extra weight is an error, not a silent init.
+        with torch.device("meta"):
+            model = self._build(config)
+        try:
+            model.load_state_dict(sd, strict=True, assign=True)
+        except RuntimeError as e:
+            raise EncoderError(f"checkpoint {path!r} does not match RWKV-4: {_first_line(e)}") from None
+        return model
+
+    def _kernel_path(self) -> str:
+        from transformers.models.rwkv import modeling_rwkv
+
+        if self.device.type == "cuda" and modeling_rwkv.rwkv_cuda_kernel is not None:
+            return "wkv cuda kernel (transformers, kernels-community/rwkv)"
+        return f"torch recurrence {self.device.type} (transformers rwkv_linear_attention_cpu)"
+
+    # -- forward --------------------------------------------------------------------------------
+    def wkv(self, att, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        from transformers.models.rwkv import modeling_rwkv as hf
+
+        kernel = hf.rwkv_cuda_kernel
+        batch, length, channels = key.shape
+        if (key.is_cuda and kernel is not None and 1 < length <= kernel.max_seq_length
+                and batch * channels % min(channels, 32) == 0):
+            return hf.RwkvLinearAttention.apply(att.time_decay, att.time_first, key, value, None, False)[0]
+        return hf.rwkv_linear_attention_cpu(att.time_decay, att.time_first, key, value)[0]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # RwkvModel.forward, block by block, with one difference: transformers' inference-time
+        # rescaling (halve the hidden state every `rescale_every` layers, against fp16 overflow)
+        # divides the output weights in place on the first eval call, which would change the weights
+        # (and the cache fingerprint) under our feet. Dividing the inputs of those two projections
+        # instead is the same arithmetic (powers of two) and leaves the weights alone.
+        model, every = self.model, self.model.config.rescale_every
+        hidden = model.embeddings(input_ids)
+        for i, block in enumerate(model.blocks):
+            scale = 2.0 ** (i // every) if every > 0 else 1.0
+            if i == 0:
+                hidden = block.pre_ln(hidden)
+            att = block.attention
+            receptance, key, value, _ = att.extract_key_value(block.ln1(hidden))
+            hidden = hidden + att.output(receptance * self.wkv(att, key, value) / scale)
+            ffn, x = block.feed_forward, block.ln2(hidden)
+            shifted = ffn.time_shift(x)  # token shift: x_{t-1}, zero at t = 0
+            key = torch.square(torch.relu(ffn.key(x * ffn.time_mix_key + shifted * (1 - ffn.time_mix_key))))
+            gate = torch.sigmoid(ffn.receptance(x * ffn.time_mix_receptance + shifted * (1 - ffn.time_mix_receptance)))
+            hidden = hidden + gate * ffn.value(key / scale)
+            if every > 0 and (i + 1) % every == 0:
+                hidden = hidden / 2
+        return model.ln_out(hidden)
+
+    def flops_per_token(self, seq_len: int) -> float:
+        # An RNN: the mixer's cost per token does not grow with seq_len.
+        cfg = self.model.config
+        return super().flops_per_token(seq_len) + WKV_FLOPS_PER_CHANNEL * cfg.attention_hidden_size * cfg.num_hidden_layers

@@ -1,0 +1,50 @@
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may touch the network
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_beir(root: Path, corpus: list[dict], queries: list[dict], qrels: list[tuple], split: str = "test") -> Path:
+    """Write a BEIR-format dataset folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)."""
+    (root / "qrels").mkdir(parents=True, exist_ok=True)
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus))
+    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{s}" for q, d, s in qrels]
+    (root / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+TINY_CORPUS = [
+    {"_id": "d1", "title": "Photosynthesis", "text": "Plants convert sunlight, water and carbon dioxide into sugar."},
+    {"_id": "d2", "title": "Mitochondria", "text": "The mitochondrion produces most of the cell's ATP."},
+    {"_id": "d3", "title": "Jet engines", "text": "A turbofan engine mixes bypass air with hot core exhaust."},
+    {"_id": "d4", "title": "Supersonic flow", "text": "Shock waves form when an aircraft exceeds the speed of sound."},
+    {"_id": "d5", "title": "", "text": ""},  # an empty document, as real corpora have
+    {"_id": "d6", "title": "Vaccines", "text": "Vaccines train the immune system to recognise a pathogen."},
+]
+TINY_QUERIES = [
+    {"_id": "q1", "text": "how do plants make sugar from light"},
+    {"_id": "q2", "text": "what produces energy in a cell"},
+    {"_id": "q3", "text": "shock waves at supersonic speed"},
+    {"_id": "q4", "text": "an unjudged query"},
+]
+TINY_QRELS = [("q1", "d1", 1), ("q2", "d2", 2), ("q2", "d1", 1), ("q3", "d4", 1), ("q3", "d3", 1),
+              ("q3", "missing-doc", 1)]  # a judged document absent from the corpus
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path) -> Path:
+    return write_beir(tmp_path / "data" / "tiny", TINY_CORPUS, TINY_QUERIES, TINY_QRELS)
+
+
+def shared_dataset(name: str) -> Path:
+    root = os.environ.get("BEIR_DATA_DIR")
+    path = Path(root) / name if root else None
+    if path is None or not (path / "corpus.jsonl").is_file():
+        pytest.skip(f"{name} not found: set BEIR_DATA_DIR (e.g. ../shared/datasets)")
+    return path

@@ -1,0 +1,144 @@
+"""Mamba encoder: the chunked CPU scan against transformers' own torch path, padding, checkpoints."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import MambaForCausalLM
+from transformers.models.mamba import modeling_mamba
+from transformers.utils import logging as hf_logging
+
+import encoders
+import encoders.mamba as mamba
+from encoders import EncoderError
+
+hf_logging.set_verbosity_error()  # transformers' "falling back to the reference implementation"
+
+TEXTS = ["a short query", "dense retrieval with state space models " * 6, "mid length text about mamba", "x"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return encoders.load("mamba", preset="tiny", show_progress=False)
+
+
+def naive_inputs(batch, length, d_inner, d_state, dtype=torch.float64):
+    g = torch.Generator().manual_seed(length)
+    x = torch.randn(length, batch, d_inner, generator=g, dtype=dtype)
+    # dt spans small and large steps, so some decays are ~1 and some underflow to 0.
+    dt = torch.nn.functional.softplus(3 * torch.randn(length, batch, d_inner, generator=g, dtype=dtype) - 2)
+    A = -torch.exp(torch.randn(d_inner, d_state, generator=g, dtype=dtype) + 1)
+    B = torch.randn(length, batch, d_state, generator=g, dtype=dtype)
+    C = torch.randn(length, batch, d_state, generator=g, dtype=dtype)
+    # transformers' torch scan casts x and B to float32 whatever their dtype: make them exact there.
+    return x.float().to(dtype), dt, A, B.float().to(dtype), C
+
+
+@pytest.mark.parametrize("length", [1, 7, 19, 64])
+@pytest.mark.parametrize("chunk", [1, 3, 8, 32])
+def test_scan_equals_transformers_scan(length, chunk):
+    """Our scan vs transformers' own torch scan (the per-token loop), float64, same inputs."""
+    x, dt, A, B, C = naive_inputs(2, length, 12, 5)
+    ours = mamba.selective_scan_chunked(x, dt, A, B, C, chunk_size=chunk)
+    ref = modeling_mamba.mamba_selective_scan(x.permute(1, 2, 0), dt.permute(1, 2, 0), A, B.permute(1, 2, 0),
+                                              C.permute(1, 2, 0))  # (batch, d_inner, length)
+    assert torch.allclose(ours.permute(1, 2, 0), ref, atol=1e-10, rtol=0)
+
+
+def test_scan_float32_accuracy():
+    x, dt, A, B, C = naive_inputs(2, 200, 16, 16)
+    exact = mamba.selective_scan_chunked(x, dt, A, B, C)
+    ours = mamba.selective_scan_chunked(*(t.float() for t in (x, dt, A, B, C)))
+    assert (ours.double() - exact).abs().max() < 1e-4 * max(1.0, exact.abs().max().item())
+
+
+def test_model_equals_transformers_reference(tiny):
+    """The whole backbone, fp32: chunked mixers vs transformers' MambaMixer.forward, with right padding
+    (pad positions included) and lengths that are no multiple of the chunk size."""
+    torch.manual_seed(1)
+    ids = torch.randint(1, 30522, (3, 37))
+    mask = torch.ones_like(ids)
+    mask[1, 21:] = 0
+    mask[2, 5:] = 0
+    with torch.inference_mode():
+        ours = tiny(ids, mask)
+        mamba.unbind_chunked_scan(tiny.model)
+        try:
+            ref = tiny(ids, mask)
+        finally:
+            mamba.bind_chunked_scan(tiny.model)
+        again = tiny(ids, mask)
+    assert (ours - ref).abs().max() < 1e-4
+    assert torch.equal(ours, again)  # rebinding restores the chunked path
+
+
+def test_padding_invariance(tiny):
+    for pooling in ("mean", "last"):
+        tiny.pooling = pooling
+        alone = np.stack([tiny.encode([t])[0] for t in TEXTS])
+        batched = tiny.encode(TEXTS, batch_tokens=10_000)  # one batch, padded to the longest text
+        np.testing.assert_allclose(alone, batched, atol=1e-5)
+    tiny.pooling = "mean"
+
+
+def test_preset_checkpoint_reloads_identically(tiny, tmp_path):
+    ref = tiny.encode(TEXTS)
+    tiny.model.save_pretrained(tmp_path / "mamba-tiny")
+    back = encoders.load("mamba", checkpoint=str(tmp_path / "mamba-tiny"), show_progress=False)
+    assert back.kernel_path == "chunked-scan cpu" and back.label == "mamba-tiny"
+    np.testing.assert_allclose(back.encode(TEXTS), ref, atol=1e-6)
+
+
+def test_causal_lm_checkpoint_loads_its_backbone(tiny, tmp_path):
+    """Hub checkpoints (state-spaces/mamba-*-hf) are MambaForCausalLM: backbone.* weights, own tokenizer."""
+    lm = MambaForCausalLM(tiny.model.config)
+    lm.backbone.load_state_dict(tiny.model.state_dict())
+    lm.save_pretrained(tmp_path / "lm")
+    tiny.tokenizer.save_pretrained(tmp_path / "lm")
+    back = encoders.load("mamba", checkpoint=str(tmp_path / "lm"), show_progress=False)
+    np.testing.assert_allclose(back.encode(TEXTS), tiny.encode(TEXTS), atol=1e-6)
+
+
+def test_wrong_checkpoints_raise(tmp_path):
+    with pytest.raises(EncoderError, match="does not load"):
+        encoders.load("mamba", checkpoint=str(tmp_path / "nope"))
+    torch.manual_seed(0)
+    encoders.load("bert", preset="tiny").model.save_pretrained(tmp_path / "bert")
+    with pytest.raises(EncoderError, match="not Mamba"):
+        encoders.load("mamba", checkpoint=str(tmp_path / "bert"))
+    mamba_cfg_only = tmp_path / "cfg-only"
+    encoders.load("mamba", preset="tiny").model.config.save_pretrained(mamba_cfg_only)
+    with pytest.raises(EncoderError, match="does not load"):
+        encoders.load("mamba", checkpoint=str(mamba_cfg_only))
+    with pytest.raises(EncoderError, match="unknown preset"):
+        encoders.load("mamba", preset="huge")
+    with pytest.raises(EncoderError, match="not both"):
+        encoders.load("mamba", preset="tiny", checkpoint="x")
+
+
+def test_bidirectional(tiny):
+    uni = tiny.encode(TEXTS)
+    torch.manual_seed(0)
+    s = encoders.load("mamba", preset="tiny", bidirectional="sum", show_progress=False).encode(TEXTS)
+    torch.manual_seed(0)
+    c = encoders.load("mamba", preset="tiny", bidirectional="concat", show_progress=False).encode(TEXTS)
+    assert s.shape == uni.shape and c.shape == (len(TEXTS), 2 * uni.shape[1])
+    assert np.abs(s - uni).max() > 1e-3 and np.abs(c[:, :uni.shape[1]] * np.sqrt(2) - uni).max() > 1e-3
+
+
+def test_bfloat16_autocast_close_to_float32(tiny):
+    torch.manual_seed(0)
+    bf16 = encoders.load("mamba", preset="tiny", dtype="bfloat16", show_progress=False)
+    cos = (bf16.encode(TEXTS) * tiny.encode(TEXTS)).sum(1)
+    assert cos.min() > 0.99
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_parameters_match_bert(preset):
+    torch.manual_seed(0)
+    m = encoders.load("mamba", preset=preset)
+    b = encoders.load("bert", preset=preset)
+    assert abs(m.num_parameters / b.num_parameters - 1) < 0.15
+    cfg = m.model.config
+    scan = 9.0 * cfg.intermediate_size * cfg.state_size * cfg.num_hidden_layers
+    assert m.flops_per_token(256) == pytest.approx(2.0 * (m.num_parameters - m.num_embedding_parameters) + scan)

@@ -1,0 +1,151 @@
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import encoders
+import encoders.rwkv  # noqa: F401  (registers "rwkv")
+from encoders.base import EncoderError
+
+TEXTS = ["short one", "a somewhat longer text about dense retrieval with recurrent networks",
+         "photosynthesis turns light into sugar " * 12]
+
+
+def tiny(**opts):
+    torch.manual_seed(0)
+    return encoders.load("rwkv", preset="tiny", show_progress=False, **opts)
+
+
+def test_forward_equals_transformers_reference():
+    # Our block loop (rescaling on activations, not weights) against RwkvModel.forward, with
+    # rescale_every=1 so that the rescaling is exercised at every layer; odd lengths.
+    enc = tiny()
+    enc.model.config.rescale_every = 1
+    ref_model = copy.deepcopy(enc.model).eval()
+    before = enc.weights_digest()
+    for length in (1, 7, 37):
+        ids = torch.randint(0, 30522, (3, length))
+        mask = torch.ones_like(ids)
+        with torch.no_grad():
+            ours = enc(ids, mask)
+            # use_cache=False: transformers' cached one-token path disagrees with its own sequence
+            # path (position 0 of a longer input); the sequence path is the causal reference.
+            ref = ref_model(input_ids=ids, use_cache=False).last_hidden_state
+        assert (ours - ref).abs().max().item() < 1e-4
+    assert ref_model.layers_are_rescaled  # transformers rescaled its copy's weights in place...
+    assert enc.weights_digest() == before  # ...ours are untouched, so the fingerprint is stable
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last"])
+def test_padding_does_not_change_embedding(pooling):
+    enc = tiny(pooling=pooling)
+    alone = enc.encode(TEXTS[:1])
+    batched = enc.encode(TEXTS)  # padded to the longest text
+    assert enc.last_stats["batches"] == 1
+    np.testing.assert_allclose(batched[0], alone[0], atol=1e-5)
+    np.testing.assert_allclose(enc.encode(TEXTS[1:2])[0], batched[1], atol=1e-5)
+
+
+def test_save_pretrained_reloads_identically(tmp_path):
+    enc = tiny()
+    enc.model.save_pretrained(tmp_path / "ckpt")  # config.json + model.safetensors, no tokenizer
+    again = encoders.load("rwkv", checkpoint=str(tmp_path / "ckpt"), show_progress=False)
+    assert again.weights_digest() == enc.weights_digest()
+    np.testing.assert_allclose(again.encode(TEXTS), enc.encode(TEXTS), atol=1e-6)
+    assert again.label == "ckpt" and again.arch_config["hidden_size"] == 64
+
+
+def test_causal_lm_checkpoint_loads(tmp_path):
+    # The hub's RWKV/* checkpoints are RwkvForCausalLM: backbone under `rwkv.`, plus an LM head.
+    from transformers import RwkvForCausalLM
+
+    enc = tiny()
+    torch.manual_seed(1)
+    lm = RwkvForCausalLM(enc.model.config)
+    lm.save_pretrained(tmp_path / "lm")
+    enc.tokenizer.save_pretrained(tmp_path / "lm")  # a checkpoint that ships its tokenizer
+    loaded = encoders.load("rwkv", checkpoint=str(tmp_path / "lm"), show_progress=False)
+    ids = torch.randint(0, 30522, (2, 9))
+    with torch.no_grad():
+        ref = lm.eval().rwkv(input_ids=ids).last_hidden_state
+        assert (loaded(ids, torch.ones_like(ids)) - ref).abs().max().item() < 1e-5
+
+
+def to_blinkdl(model) -> dict:
+    """RwkvModel state dict under BlinkDL's RWKV-4 .pth key names (as RWKV-LM saves them)."""
+    names = {"embeddings.": "emb.", "pre_ln.": "ln0.", "attention.": "att.", "feed_forward.": "ffn.",
+             "time_mix_key": "time_mix_k", "time_mix_value": "time_mix_v", "time_mix_receptance": "time_mix_r"}
+    out = {}
+    for key, value in model.state_dict().items():
+        for old, new in names.items():
+            key = key.replace(old, new)
+        out[key] = value.clone()
+    out["head.weight"] = torch.zeros_like(out["emb.weight"])
+    return out
+
+
+def test_blinkdl_pth_loads(tmp_path):
+    enc = tiny()
+    with torch.no_grad():  # BlinkDL files are usually bf16: round the reference weights the same way
+        for p in enc.model.parameters():
+            p.copy_(p.bfloat16().float())
+    sd = {k: v.bfloat16() for k, v in to_blinkdl(enc.model).items()}
+    assert {"emb.weight", "blocks.0.ln0.weight", "blocks.1.att.time_mix_k", "blocks.1.ffn.time_mix_r",
+            "blocks.0.att.time_first", "ln_out.bias"} <= set(sd)
+    sd["blocks.0.att.time_decay"] = sd["blocks.0.att.time_decay"].reshape(1, 1, -1)  # some exports keep 3-D
+    torch.save(sd, tmp_path / "RWKV-4-tiny.pth")
+    loaded = encoders.load("rwkv", checkpoint=str(tmp_path / "RWKV-4-tiny.pth"), show_progress=False)
+    assert loaded.label == "RWKV-4-tiny" and loaded.arch_config["intermediate_size"] == 224
+    assert loaded.weights_digest() == enc.weights_digest()
+    np.testing.assert_allclose(loaded.encode(TEXTS), enc.encode(TEXTS), atol=1e-6)
+
+
+def test_wrong_checkpoints_raise(tmp_path):
+    bert = encoders.load("bert", preset="tiny", show_progress=False)
+    bert.model.save_pretrained(tmp_path / "bert")
+    with pytest.raises(EncoderError, match="'bert' model, not RWKV-4"):
+        encoders.load("rwkv", checkpoint=str(tmp_path / "bert"))
+    with pytest.raises(EncoderError, match="does not load"):
+        encoders.load("rwkv", checkpoint=str(tmp_path / "nowhere"))
+    with pytest.raises(EncoderError, match="does not load"):
+        encoders.load("rwkv", checkpoint=str(tmp_path / "nowhere.pth"))
+    sd = to_blinkdl(tiny().model)
+    torch.save({"blocks.0.att.ln_x.weight": torch.ones(64), **sd}, tmp_path / "v5.pth")
+    with pytest.raises(EncoderError, match="RWKV-5, not RWKV-4"):
+        encoders.load("rwkv", checkpoint=str(tmp_path / "v5.pth"))
+    torch.save({k: v for k, v in sd.items() if "ln2" not in k}, tmp_path / "broken.pth")
+    with pytest.raises(EncoderError, match="does not match RWKV-4"):
+        encoders.load("rwkv", checkpoint=str(tmp_path / "broken.pth"))
+    torch.save({**sd, "emb.weight": torch.zeros(50277, 64)}, tmp_path / "pile.pth")
+    with pytest.raises(EncoderError, match="carries no tokenizer"):
+        encoders.load("rwkv", checkpoint=str(tmp_path / "pile.pth"))
+    with pytest.raises(EncoderError):
+        encoders.load("rwkv", preset="huge")
+    with pytest.raises(EncoderError):
+        encoders.load("rwkv", preset="tiny", checkpoint=str(tmp_path / "bert"))
+
+
+def test_bidirectional_shapes():
+    uni = tiny().encode(TEXTS)
+    both = tiny(bidirectional="sum").encode(TEXTS)
+    cat = tiny(bidirectional="concat").encode(TEXTS)
+    assert uni.shape == both.shape == (3, 64) and cat.shape == (3, 128)
+    assert np.abs(both - uni).max() > 1e-3
+    # concat = [forward, backward] each normalised together: the forward half is the unidirectional one
+    np.testing.assert_allclose(cat[:, :64] / np.linalg.norm(cat[:, :64], axis=1, keepdims=True), uni, atol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_parameters_match_bert(preset):
+    torch.manual_seed(0)
+    rwkv = encoders.load("rwkv", preset=preset).num_parameters
+    bert = encoders.load("bert", preset=preset).num_parameters
+    assert abs(rwkv / bert - 1) < 0.15
+
+
+def test_flops_per_token_adds_wkv():
+    enc = tiny()
+    dense = 2.0 * (enc.num_parameters - enc.num_embedding_parameters)
+    assert enc.flops_per_token(256) == dense + 24 * 64 * 2
+    assert enc.flops_per_token(256) == enc.flops_per_token(4096)  # an RNN: constant per token
