@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="build a randomly initialised model at a shared size: tiny, small, base")
     p.add_argument("--encoder-module", help="import this module first, so its @register_encoder classes exist")
     p.add_argument("--max-length", type=int, help="tokens per text, truncating longer ones (default: the model's)")
-    p.add_argument("--batch-tokens", type=int, help="padded tokens per batch (default 16384)")
+    p.add_argument("--batch-tokens", type=int, help="padded tokens per batch (default 4096 on CPU, 32768 on GPU)")
     p.add_argument("--pooling", choices=["mean", "cls", "last"], help="default: the model's")
     p.add_argument("--bidirectional", choices=["sum", "concat"], help="causal backbones: add a reversed pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
