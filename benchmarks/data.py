@@ -79,6 +79,9 @@ def find_dataset(name: str, data_dir: str | Path | None = None, download: bool =
     if download and name in BEIR_MD5:
         try:
             return download_beir(name, dirs[0])
+        except OSError as e:  # e.g. a read-only data directory
+            raise DataError(f"dataset {name!r} not found (looked in {looked}) and it cannot be downloaded into "
+                            f"{dirs[0]}: {e.strerror or e}") from None
         except DataError as e:
             raise DataError(f"dataset {name!r} not found (looked in {looked}) and {e}; put the BEIR folder "
                             "in one of those places or pass --data-dir") from None

@@ -131,7 +131,6 @@ def run_benchmark(cfg: RunConfig) -> RunResult:
         encoders.import_encoder_module(cfg.encoder_module)
     encoders.get(cfg.encoder)  # unknown encoder: fail before loading data
     ds = load_dataset(cfg.dataset, cfg.split, cfg.data_dir)
-    target = run_dir(cfg.output_dir, ds.name, "pending", "pending")  # refined once the encoder is known
 
     t_load = time.perf_counter()
     device = resolve_device(cfg.device)
