@@ -92,6 +92,8 @@ def plot(frame, path: Path) -> None:
         ax.set_yscale("log")
         lengths = sorted(frame.length.unique())
         ax.set_xticks(lengths, [str(L) for L in lengths])
+        # Label 1-2-5 steps: these ranges often span less than a decade.
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1, 2, 5)))
         ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("sequence length (tokens)")
@@ -116,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="small")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--output-dir", default="results")
+    p.add_argument("--replot", metavar="CSV", help="redraw scaling.png/svg next to an existing scaling.csv")
     p.add_argument("--worker", nargs=2, metavar=("ENCODER", "LENGTH"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     lengths = [int(x) for x in args.lengths.split(",")]
@@ -127,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import pandas as pd
     from tqdm.auto import tqdm
+
+    if args.replot:
+        plot(pd.read_csv(args.replot), Path(args.replot).with_name("scaling.png"))
+        return 0
 
     from .results import slug
 
