@@ -58,6 +58,36 @@ def load_tokenizer(name_or_path: str | Path | None = None):
         raise EncoderError(f"tokenizer {name_or_path!r} does not load: {_first_line(e)}") from None
 
 
+def resolve_preset(checkpoint: str | None, preset: str | None, default: str | None = "small") -> str | None:
+    """The preset to build (None when `checkpoint` is to be loaded): one of the two, never both."""
+    if checkpoint and preset:
+        raise EncoderError("give either --checkpoint or --preset, not both")
+    if checkpoint:
+        return None
+    preset = preset or default
+    if preset is not None and preset not in PRESETS:
+        raise EncoderError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+    return preset
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model")
+
+
+def checkpoint_tokenizer(checkpoint: str | Path):
+    """A checkpoint's own tokenizer; None for a local directory that ships none (a saved preset),
+    which then gets the default BERT tokenizer. A hub id must ship one."""
+    local = Path(checkpoint)
+    if local.exists() and not any((local / f).is_file() for f in TOKENIZER_FILES):
+        return None
+    return load_tokenizer(checkpoint)
+
+
+def checkpoint_label(checkpoint: str | Path) -> str:
+    """Short name of a checkpoint for result paths: the directory name, or the hub id's last part."""
+    local = Path(checkpoint)
+    return local.name if local.exists() else str(checkpoint).rstrip("/").split("/")[-1]
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip() or type(e).__name__
     return text.splitlines()[0]

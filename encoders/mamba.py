@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import register_encoder
-from .base import PRESETS, Encoder, EncoderError, _first_line, load_tokenizer
+from .base import PRESETS, Encoder, EncoderError, _first_line, checkpoint_label, checkpoint_tokenizer, resolve_preset
 
 # Preset shape. Mamba has no MLP blocks, so at n_layer = num_layers the mixer must carry the
 # parameters BERT spends on its MLP: expand 4 puts tiny/small/base within 3-5% of BERT.
@@ -153,14 +153,10 @@ class MambaEncoder(Encoder):
                  **opts):
         from transformers import AutoConfig, MambaConfig, MambaModel
 
-        if checkpoint and preset:
-            raise EncoderError("give either --checkpoint or --preset, not both")
+        preset = resolve_preset(checkpoint, preset)
         if int(chunk_size) < 1:
             raise EncoderError(f"chunk_size must be positive, got {chunk_size}")
-        if checkpoint is None:
-            preset = preset or "small"
-            if preset not in PRESETS:
-                raise EncoderError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+        if preset:
             p = PRESETS[preset]
             super().__init__(opts.pop("tokenizer", None), **opts)
             config = MambaConfig(vocab_size=len(self.tokenizer), hidden_size=p["hidden_size"],
@@ -170,7 +166,6 @@ class MambaEncoder(Encoder):
             self.label = preset
             source = f"preset:{preset}"
         else:
-            local = Path(checkpoint)
             try:
                 config = AutoConfig.from_pretrained(checkpoint)
             except Exception as e:
@@ -191,7 +186,7 @@ class MambaEncoder(Encoder):
             if info["missing_keys"]:  # transformers would silently leave them randomly initialised
                 missing = sorted(info["missing_keys"])
                 raise EncoderError(f"checkpoint {checkpoint!r} lacks {len(missing)} Mamba weights, e.g. {missing[0]}")
-            self.label = local.name if local.exists() else checkpoint.split("/")[-1]
+            self.label = checkpoint_label(checkpoint)
             source = checkpoint
         self.model.eval()
         if self.device.type == "cuda" and mamba_kernels_available():
@@ -217,12 +212,3 @@ class MambaEncoder(Encoder):
         # conv is one multiply-add per weight and token, already inside super()'s 2 x weights.
         return super().flops_per_token(seq_len) + 9.0 * cfg.intermediate_size * cfg.state_size * cfg.num_hidden_layers
 
-
-def checkpoint_tokenizer(checkpoint: str):
-    """The checkpoint's own tokenizer. A local directory without tokenizer files (e.g. a preset saved
-    with save_pretrained) gets None: the default BERT tokenizer the presets use."""
-    local = Path(checkpoint)
-    if local.is_dir() and not any((local / f).is_file() for f in
-                                  ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model")):
-        return None
-    return load_tokenizer(checkpoint)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import register_encoder
-from .base import PRESETS, Encoder, EncoderError, _first_line, load_tokenizer
+from .base import PRESETS, Encoder, EncoderError, _first_line, checkpoint_label, checkpoint_tokenizer, resolve_preset
 from .blocks import MixerModel, gated_mlp_size
 
 MODES = ("auto", "parallel", "chunkwise", "recurrent", "fla")
@@ -272,23 +272,17 @@ class RetNetEncoder(Encoder):
     is_causal = True
 
     def __init__(self, checkpoint: str | None = None, preset: str | None = None, mode: str | None = None, **opts):
-        if checkpoint and preset:
-            raise EncoderError("give either --checkpoint or --preset, not both")
+        preset = resolve_preset(checkpoint, preset)
         if mode is not None and mode not in MODES:
             raise EncoderError(f"RetNet mode must be one of {', '.join(MODES)}, got {mode!r}")
         state = None
         if checkpoint:
             path, cfg, state = read_checkpoint(str(checkpoint))
-            tokenizer = opts.pop("tokenizer", None)
-            if tokenizer is None and any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-                tokenizer = load_tokenizer(path)  # fla checkpoints ship their own (Llama/Mistral) tokenizer
-            super().__init__(tokenizer, **opts)
-            self.label = Path(checkpoint).name if Path(checkpoint).exists() else str(checkpoint).split("/")[-1]
+            # fla checkpoints ship their own (Llama/Mistral) tokenizer
+            super().__init__(opts.pop("tokenizer", None) or checkpoint_tokenizer(path), **opts)
+            self.label = checkpoint_label(checkpoint)
             source = str(checkpoint)
         else:
-            preset = preset or "small"
-            if preset not in PRESETS:
-                raise EncoderError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
             super().__init__(opts.pop("tokenizer", None), **opts)
             tok = self.tokenizer
             cfg = preset_config(preset, len(tok), self.pad_token_id, tok.cls_token_id, tok.sep_token_id)

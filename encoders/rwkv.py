@@ -24,13 +24,11 @@ from pathlib import Path
 import torch
 
 from . import register_encoder
-from .base import PRESETS, Encoder, EncoderError, _first_line, load_tokenizer
+from .base import PRESETS, Encoder, EncoderError, _first_line, checkpoint_label, checkpoint_tokenizer, resolve_preset
 
 # Per channel and token the WKV recurrence does 4 exp, 2 max and ~18 add/mul/div (output and state
 # update, as in rwkv_linear_attention_cpu); each counts as one FLOP.
 WKV_FLOPS_PER_CHANNEL = 24
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
 
 
 def blinkdl_to_hf(state_dict: dict) -> dict:
@@ -80,12 +78,8 @@ class RwkvEncoder(Encoder):
     def __init__(self, checkpoint: str | None = None, preset: str | None = None, **opts):
         from transformers import RwkvConfig
 
-        if checkpoint and preset:
-            raise EncoderError("give either --checkpoint or --preset, not both")
-        if not checkpoint:
-            preset = preset or "small"
-            if preset not in PRESETS:
-                raise EncoderError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+        preset = resolve_preset(checkpoint, preset)
+        if preset:
             super().__init__(opts.pop("tokenizer", None), **opts)
             p = PRESETS[preset]
             # RWKV-4 has 5 D^2 matrices per layer outside the FFN's up/down (k, v, r, o and the
@@ -105,13 +99,10 @@ class RwkvEncoder(Encoder):
         else:
             source = str(checkpoint)
             config = self._hf_config(source)
-            tokenizer = opts.pop("tokenizer", None)
-            local = Path(source)
-            if tokenizer is None and (not local.exists() or any((local / f).is_file() for f in TOKENIZER_FILES)):
-                tokenizer = load_tokenizer(source)  # the checkpoint's own tokenizer (a hub id must ship one)
+            tokenizer = opts.pop("tokenizer", None) or checkpoint_tokenizer(source)
             super().__init__(tokenizer, **opts)
             self.model = self._load_hf(source, config)
-            self.label = local.name if local.exists() else source.split("/")[-1]
+            self.label = checkpoint_label(source)
         cfg = self.model.config
         if len(self.tokenizer) > cfg.vocab_size:
             raise EncoderError(f"the tokenizer has {len(self.tokenizer)} tokens but the model embeds only "
