@@ -15,6 +15,8 @@ causal mixer may ignore the mask: real tokens never see the pads that follow the
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -88,3 +90,51 @@ class MixerModel(nn.Module):
         for layer in self.layers:
             x = layer(x, attention_mask)
         return self.norm(x)
+
+
+# -- flash-linear-attention's checkpoint format (RetNet, GLA) -------------------------------------
+def read_fla_checkpoint(source: str, check_config: Callable[[dict, str], None]) -> tuple[Path, dict, dict]:
+    """(directory, config, state dict with fla's `model.` keys) of a local directory or hub id
+    holding an fla `*ForCausalLM` checkpoint; `check_config` raises EncoderError on a config of the
+    wrong kind."""
+    from .base import EncoderError, _first_line
+
+    path = Path(source)
+    if not path.is_dir():
+        if path.exists() or source.startswith((".", "/", "~")) or source.count("/") != 1:
+            raise EncoderError(f"checkpoint {source!r} is not a directory with config.json (or a hub id)")
+        try:
+            from huggingface_hub import snapshot_download
+            path = Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.model", "*.txt"]))
+        except Exception as e:
+            raise EncoderError(f"checkpoint {source!r} does not load: {_first_line(e)}") from None
+    if not (path / "config.json").is_file():
+        raise EncoderError(f"checkpoint {source!r} has no config.json")
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except ValueError as e:
+        raise EncoderError(f"checkpoint {source!r}: config.json is not JSON: {_first_line(e)}") from None
+    check_config(cfg, source)
+
+    from safetensors.torch import load_file
+    files = sorted(path.glob("*.safetensors"))
+    if files:
+        state = {k: t for f in files for k, t in load_file(str(f)).items()}
+    elif (path / "pytorch_model.bin").is_file():
+        state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise EncoderError(f"checkpoint {source!r} has no model.safetensors or pytorch_model.bin")
+    return path, cfg, state
+
+
+def save_fla_checkpoint(directory, config: dict, model: MixerModel, tokenizer) -> None:
+    """Write fla's `*ForCausalLM` format: config.json, model.safetensors (`model.` keys; the LM head is
+    tied to the embeddings, so none is stored) and the tokenizer. fla's from_pretrained loads it."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    state = {f"model.{k}": t.detach().cpu().contiguous() for k, t in model.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save_pretrained(str(directory))

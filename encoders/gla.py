@@ -19,16 +19,14 @@ Compute paths: `naive_recurrent_gla` (fla's reference, one step at a time), `chu
 from __future__ import annotations
 
 import inspect
-import json
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import register_encoder
-from .base import PRESETS, Encoder, EncoderError, _first_line, checkpoint_label, checkpoint_tokenizer, resolve_preset
-from .blocks import MixerModel, gated_mlp_size
+from .base import PRESETS, Encoder, EncoderError, checkpoint_label, checkpoint_tokenizer, resolve_preset
+from .blocks import MixerModel, gated_mlp_size, read_fla_checkpoint, save_fla_checkpoint
 
 MODES = ("chunk", "recurrent", "fla")
 # fla's published GLA models use 4 heads (head_k = hidden/8, head_v = hidden/4); tiny keeps 2.
@@ -242,33 +240,6 @@ def check_config(cfg: dict, source: str) -> None:
         raise EncoderError(f"GLA checkpoint {source!r} uses hidden_act={cfg['hidden_act']!r}; only swish is supported")
 
 
-def read_checkpoint(source: str) -> tuple[Path, dict, dict]:
-    """(directory, config, state dict with fla's `model.` keys) of a local dir or hub id."""
-    path = Path(source)
-    if not path.is_dir():
-        if path.exists() or source.startswith((".", "/", "~")) or source.count("/") != 1:
-            raise EncoderError(f"checkpoint {source!r} is not a directory with config.json (or a hub id)")
-        try:
-            from huggingface_hub import snapshot_download
-            path = Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.model", "*.txt"]))
-        except Exception as e:
-            raise EncoderError(f"checkpoint {source!r} does not load: {_first_line(e)}") from None
-    if not (path / "config.json").is_file():
-        raise EncoderError(f"checkpoint {source!r} has no config.json")
-    cfg = json.loads((path / "config.json").read_text())
-    check_config(cfg, source)
-
-    from safetensors.torch import load_file
-    files = sorted(path.glob("*.safetensors"))
-    if files:
-        state = {k: t for f in files for k, t in load_file(str(f)).items()}
-    elif (path / "pytorch_model.bin").is_file():
-        state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
-        raise EncoderError(f"checkpoint {source!r} has no model.safetensors or pytorch_model.bin")
-    return path, cfg, state
-
-
 def to_mixer_state(state: dict, intermediate_size: int) -> dict:
     """GLAForCausalLM keys -> MixerModel keys: strip `model.`, drop lm_head, and convert what older
     fla versions stored differently (embed_tokens; gate and up projections fused in one gate_proj)."""
@@ -296,7 +267,7 @@ class GLAEncoder(Encoder):
             raise EncoderError(f"GLA mode must be one of {', '.join(MODES)}, got {mode!r}")
         state = None
         if checkpoint:
-            path, cfg, state = read_checkpoint(str(checkpoint))
+            path, cfg, state = read_fla_checkpoint(str(checkpoint), check_config)
             # fla checkpoints ship their own (Llama/Mistral) tokenizer
             super().__init__(opts.pop("tokenizer", None) or checkpoint_tokenizer(path), **opts)
             self.label = checkpoint_label(checkpoint)
@@ -357,16 +328,7 @@ class GLAEncoder(Encoder):
         return self.model(input_ids, attention_mask)
 
     def save_pretrained(self, directory) -> None:
-        """Write fla's GLAForCausalLM format: config.json, model.safetensors (`model.` keys; the LM head
-        is tied to the embeddings, so none is stored) and the tokenizer."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(json.dumps(self.gla_config, indent=2) + "\n")
-        state = {f"model.{k}": t.detach().cpu().contiguous() for k, t in self.model.state_dict().items()}
-        save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
-        self.tokenizer.save_pretrained(str(directory))
+        save_fla_checkpoint(directory, self.gla_config, self.model, self.tokenizer)
 
     def flops_per_token(self, seq_len: int) -> float:
         """2 x weights, plus the recurrence per token and layer (2 x multiply-adds), with K and V the

@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib
 import math
 import types
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
