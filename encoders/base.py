@@ -88,6 +88,20 @@ def checkpoint_label(checkpoint: str | Path) -> str:
     return local.name if local.exists() else str(checkpoint).rstrip("/").split("/")[-1]
 
 
+def load_hf_config(source: str, model_types: set[str], expected: str):
+    """A Hugging Face config from a hub id or directory, refused (one line) unless its model_type is
+    one of `model_types`; `expected` names what was wanted, for the message."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except Exception as e:
+        raise EncoderError(f"checkpoint {source!r} does not load: {_first_line(e)}") from None
+    if config.model_type not in model_types:
+        raise EncoderError(f"checkpoint {source!r} is a {config.model_type!r} model, not {expected}")
+    return config
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip() or type(e).__name__
     return text.splitlines()[0]

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from . import register_encoder
-from .base import (PRESETS, Encoder, EncoderError, _first_line, checkpoint_label, load_tokenizer,
+from .base import (PRESETS, Encoder, EncoderError, _first_line, checkpoint_label, load_hf_config, load_tokenizer,
                    packaged_minilm_path, resolve_preset)
 
 # Encoder-only families AutoModel maps to a bidirectional transformer.
@@ -64,7 +64,7 @@ class BertEncoder(Encoder):
     """A bidirectional transformer encoder from transformers' AutoModel."""
 
     def __init__(self, checkpoint: str | None = None, preset: str | None = None, **opts):
-        from transformers import AutoConfig, AutoModel, BertConfig
+        from transformers import AutoModel, BertConfig
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # our own progress bars are the ones that matter
@@ -83,13 +83,7 @@ class BertEncoder(Encoder):
         else:
             source = checkpoint or str(packaged_minilm_path())
             local = Path(source)
-            try:
-                config = AutoConfig.from_pretrained(source)
-            except Exception as e:
-                raise EncoderError(f"checkpoint {source!r} does not load: {_first_line(e)}") from None
-            if config.model_type not in BERT_FAMILY:
-                raise EncoderError(f"checkpoint {source!r} is a {config.model_type!r} model, not BERT-family "
-                                   f"(try --encoder {config.model_type})")
+            config = load_hf_config(source, BERT_FAMILY, "BERT-family (for another architecture use its --encoder)")
             settings = sentence_transformers_settings(local) if local.is_dir() else {}
             tokenizer = opts.pop("tokenizer", None) or load_tokenizer(source)
             super().__init__(tokenizer, **{**settings, **opts})

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from . import register_encoder
-from .base import PRESETS, Encoder, EncoderError, _first_line, checkpoint_label, checkpoint_tokenizer, resolve_preset
+from .base import PRESETS, Encoder, EncoderError, _first_line, checkpoint_label, checkpoint_tokenizer, load_hf_config, resolve_preset
 
 # Preset shape. Mamba has no MLP blocks, so at n_layer = num_layers the mixer must carry the
 # parameters BERT spends on its MLP: expand 4 puts tiny/small/base within 3-5% of BERT.
@@ -150,7 +150,7 @@ class MambaEncoder(Encoder):
 
     def __init__(self, checkpoint: str | None = None, preset: str | None = None, chunk_size: int = CHUNK_SIZE,
                  **opts):
-        from transformers import AutoConfig, MambaConfig, MambaModel
+        from transformers import MambaConfig, MambaModel
 
         preset = resolve_preset(checkpoint, preset)
         if int(chunk_size) < 1:
@@ -165,13 +165,7 @@ class MambaEncoder(Encoder):
             self.label = preset
             source = f"preset:{preset}"
         else:
-            try:
-                config = AutoConfig.from_pretrained(checkpoint)
-            except Exception as e:
-                raise EncoderError(f"checkpoint {checkpoint!r} does not load: {_first_line(e)}") from None
-            if config.model_type != "mamba":
-                raise EncoderError(f"checkpoint {checkpoint!r} is a {config.model_type!r} model, not Mamba "
-                                   f"(try --encoder {config.model_type})")
+            config = load_hf_config(checkpoint, {"mamba"}, "Mamba")
             tokenizer = opts.pop("tokenizer", None) or checkpoint_tokenizer(checkpoint)
             super().__init__(tokenizer, **opts)  # None: the default BERT tokenizer (our presets' own saves)
             if len(self.tokenizer) > config.vocab_size:

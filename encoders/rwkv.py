@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from . import register_encoder
-from .base import PRESETS, Encoder, EncoderError, _first_line, checkpoint_label, checkpoint_tokenizer, resolve_preset
+from .base import PRESETS, Encoder, EncoderError, _first_line, checkpoint_label, checkpoint_tokenizer, load_hf_config, resolve_preset
 
 # Per channel and token the WKV recurrence does 4 exp, 2 max and ~18 add/mul/div (output and state
 # update, as in rwkv_linear_attention_cpu); each counts as one FLOP.
@@ -125,16 +125,7 @@ class RwkvEncoder(Encoder):
 
     @staticmethod
     def _hf_config(source: str):
-        from transformers import AutoConfig
-
-        try:
-            config = AutoConfig.from_pretrained(source)
-        except Exception as e:
-            raise EncoderError(f"checkpoint {source!r} does not load: {_first_line(e)}") from None
-        if config.model_type != "rwkv":
-            raise EncoderError(f"checkpoint {source!r} is a {config.model_type!r} model, not RWKV-4 "
-                               "(model_type 'rwkv'; RWKV-5/6/7 are different architectures)")
-        return config
+        return load_hf_config(source, {"rwkv"}, "RWKV-4 (model_type 'rwkv'; RWKV-5/6/7 are different architectures)")
 
     @staticmethod
     def _load_hf(source: str, config):
