@@ -1,4 +1,5 @@
-"""The results layout: `<output-dir>/<dataset>/<encoder-tag>/<run-id>/{summary.json, per_query.csv, run.trec}`.
+"""The results layout: `<output-dir>/<dataset>/<encoder-tag>/<perturbation>/<run-id>/{summary.json, per_query.csv,
+run.trec}`, where <perturbation> is "clean" for an unperturbed run.
 
 A run directory appears whole or not at all: files are written into a hidden temporary directory
 beside it, which is renamed into place at the end. An existing run is never overwritten unless
@@ -36,8 +37,8 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid() % 100000:05d}"
 
 
-def run_dir(output_dir: str | Path, dataset: str, encoder_tag: str, run_id: str) -> Path:
-    return Path(output_dir) / slug(dataset) / slug(encoder_tag) / slug(run_id)
+def run_dir(output_dir: str | Path, dataset: str, encoder_tag: str, perturbation: str, run_id: str) -> Path:
+    return Path(output_dir) / slug(dataset) / slug(encoder_tag) / slug(perturbation) / slug(run_id)
 
 
 def check_target(target: Path, overwrite: bool) -> None:

@@ -110,5 +110,7 @@ class BertEncoder(Encoder):
 
     def flops_per_token(self, seq_len: int) -> float:
         cfg = self.model.config
-        # QK^T and AV: 2 x seq_len x hidden multiply-adds per token per layer.
-        return super().flops_per_token(seq_len) + 4.0 * seq_len * cfg.hidden_size * cfg.num_hidden_layers
+        # QK^T and AV: 2 x seq_len x (heads x head dim) multiply-adds per token per layer. That width is
+        # hidden_size unless structured pruning removed heads; BERT-style self-attention records it.
+        width = sum(m.all_head_size for m in self.model.modules() if hasattr(m, "all_head_size"))
+        return super().flops_per_token(seq_len) + 4.0 * seq_len * (width or cfg.hidden_size * cfg.num_hidden_layers)

@@ -127,7 +127,8 @@ class Hyena(nn.Module):
         self.filter.reset_parameters()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        B, L, D = x.shape
+        B, L, _ = x.shape
+        D = self.out_proj.in_features  # the inner width: hidden_size, unless structured pruning narrowed it
         if L > self.l_max:
             raise EncoderError(f"sequence of {L} tokens exceeds the Hyena filter length l_max={self.l_max}")
         u = self.short_filter(self.in_proj(x).transpose(1, 2))[..., :L]  # (B, (N+1)D, L)
@@ -196,7 +197,8 @@ class HyenaEncoder(Encoder):
         cfg = self.cfg
         z = cfg["num_layers"] * cfg["l_max"] * cfg["emb_dim"]
         per_channel = 15.0 * math.log2(2 * seq_len) + 8.0
-        return super().flops_per_token(seq_len) - 2.0 * z + cfg["num_layers"] * cfg["order"] * cfg["hidden_size"] * per_channel
+        inner = sum(layer.attn.out_proj.in_features for layer in self.model.layers)  # hidden x layers unless pruned
+        return super().flops_per_token(seq_len) - 2.0 * z + cfg["order"] * inner * per_channel
 
     def save_pretrained(self, path: str | Path) -> None:
         from safetensors.torch import save_file

@@ -152,6 +152,8 @@ class MultiScaleRetention(nn.Module):
             self.feature_map = None
         self.use_output_gate = use_output_gate
         self.mode = mode
+        # Each head's original index, which fixes its decay gamma_h; structured pruning keeps a subset.
+        self.head_index = list(range(num_heads))
 
         self.q_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
         self.k_proj = nn.Linear(hidden_size, self.key_dim // self.num_kv_groups, bias=False)
@@ -181,6 +183,8 @@ class MultiScaleRetention(nn.Module):
 
         L = x.shape[1]
         mode = self.mode if self.mode != "auto" else ("parallel" if L <= PARALLEL_MAX_LEN else "chunkwise")
+        if mode == "fla" and self.head_index != list(range(self.num_heads)):
+            mode = "chunkwise"  # fla's kernel derives the decays from head positions 0..H-1, not from head_index
         if mode == "fla":
             chunk_retention = fla_chunk_retention()
             o, _ = chunk_retention(q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous(),
@@ -188,7 +192,7 @@ class MultiScaleRetention(nn.Module):
         else:
             form = {"parallel": retention_parallel, "chunkwise": retention_chunkwise,
                     "recurrent": retention_recurrent}[mode]
-            o = form(q * self.head_k_dim ** -0.5, k, v, log_decays(self.num_heads, x.device)).transpose(1, 2)
+            o = form(q * self.head_k_dim ** -0.5, k, v, log_decays(self.head_index[-1] + 1, x.device)[self.head_index]).transpose(1, 2)
 
         norm = getattr(self, self.norm_name)
         o = norm(o, self.g_proj(x).unflatten(-1, (-1, self.head_v_dim)) if self.use_output_gate else None)

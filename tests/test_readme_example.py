@@ -27,7 +27,7 @@ def test_readme_subclass_example_runs_end_to_end(tiny_dataset, tmp_path):
                            "--quiet", "--latency-queries", "3"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    summary = json.loads(next(out.glob("tiny/gru-gru128/*/summary.json")).read_text())
+    summary = json.loads(next(out.glob("tiny/gru-gru128/clean/*/summary.json")).read_text())
     assert summary["encoder"]["name"] == "gru" and summary["encoder"]["embedding_dim"] == 128
     assert summary["dataset"]["queries"] == 3 and 0 <= summary["metrics"]["ndcg@10"] <= 1
     assert "NDCG@10" in proc.stdout

@@ -13,7 +13,7 @@ def cli(*args):
 
 
 def run_dirs(out):
-    return sorted(p.parent for p in out.glob("*/*/*/summary.json"))
+    return sorted(p.parent for p in out.glob("*/*/*/*/summary.json"))
 
 
 def test_end_to_end_on_tiny_dataset(tiny_dataset, tmp_path, capsys):
@@ -23,7 +23,7 @@ def test_end_to_end_on_tiny_dataset(tiny_dataset, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "NDCG@10" in printed and "first" in printed and "1 empty documents" in printed
 
-    run = out / "tiny" / "bert-all-MiniLM-L6-v2" / "first"
+    run = out / "tiny" / "bert-all-MiniLM-L6-v2" / "clean" / "first"
     summary = json.loads((run / "summary.json").read_text())
     per_query = pd.read_csv(run / "per_query.csv", dtype={"qid": str}).set_index("qid")
     assert list(per_query.index) == ["q1", "q2", "q3"]
@@ -45,7 +45,7 @@ def test_end_to_end_on_tiny_dataset(tiny_dataset, tmp_path, capsys):
     # Second identical run: embeddings come from the cache, results are identical.
     assert cli("--dataset", "tiny", "--data-dir", str(tiny_dataset.parent), "--output-dir", str(out),
                "--run-id", "second") == 0
-    second = json.loads((out / "tiny" / "bert-all-MiniLM-L6-v2" / "second" / "summary.json").read_text())
+    second = json.loads((out / "tiny" / "bert-all-MiniLM-L6-v2" / "clean" / "second" / "summary.json").read_text())
     assert second["timings"]["corpus_encode"]["cached"] and second["timings"]["query_encode"]["cached"]
     assert second["metrics"] == summary["metrics"]
 

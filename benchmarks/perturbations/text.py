@@ -1,0 +1,101 @@
+"""Corpus-side input perturbations. Queries are never touched, so their embeddings come from the cache.
+
+Every function maps a corpus {doc_id: {"title", "text"}} to a new one plus a stats dict, and draws its
+randomness from `random.Random(f"{seed}:{doc_id}")`: a document's perturbation depends only on the
+seed and its own id, not on corpus order or on which other documents are present.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import re
+
+from tqdm.auto import tqdm
+
+_SEGMENTER = None
+
+
+@functools.lru_cache(maxsize=100_000)  # pysbd takes ~7 ms a document; a sweep shuffles the same corpus per encoder
+def split_sentences(text: str) -> tuple[str, ...]:
+    """pysbd (a port of the rule-based Pragmatic Segmenter, which handles abbreviations like "e.g.",
+    "Fig. 2" and decimals that a regex splitter breaks on)."""
+    global _SEGMENTER
+    if _SEGMENTER is None:
+        import pysbd
+
+        _SEGMENTER = pysbd.Segmenter(language="en", clean=False)
+    return tuple(s.strip() for s in _SEGMENTER.segment(text) if s.strip())
+
+
+def _words(doc: dict) -> int:
+    return len(f"{doc.get('title', '')} {doc.get('text', '')}".split())
+
+
+def _stats(before: dict, after: dict) -> dict:
+    changed = sum(1 for d in before if before[d] != after[d])
+    n = max(len(before), 1)
+    return dict(documents=len(before), changed_documents=changed,
+                mean_words_before=sum(map(_words, before.values())) / n,
+                mean_words_after=sum(map(_words, after.values())) / n)
+
+
+def sentence_shuffle(corpus: dict, seed: int, progress: bool = False) -> tuple[dict, dict]:
+    """Shuffle the sentences of each document's text; the title stays first, untouched."""
+    out = {}
+    sentences = 0
+    for did, doc in tqdm(corpus.items(), desc="sentence shuffle", disable=not progress, leave=False):
+        parts = list(split_sentences(doc["text"])) if doc["text"].strip() else []
+        sentences += len(parts)
+        random.Random(f"{seed}:{did}").shuffle(parts)
+        out[did] = dict(doc, text=" ".join(parts) if parts else doc["text"])
+    return out, dict(_stats(corpus, out), mean_sentences=sentences / max(len(corpus), 1))
+
+
+def token_shuffle(corpus: dict, seed: int) -> tuple[dict, dict]:
+    """Shuffle the whitespace words of each document's text (a bag-of-words control); title kept first."""
+    out = {}
+    for did, doc in corpus.items():
+        words = doc["text"].split()
+        random.Random(f"{seed}:{did}").shuffle(words)
+        out[did] = dict(doc, text=" ".join(words))
+    return out, _stats(corpus, out)
+
+
+def truncate(corpus: dict, side: str, tokens: int, tokenizer, title_sep: str = " ") -> tuple[dict, dict]:
+    """Keep the first (head) or last (tail) `tokens` tokens of title + text, cut in the original text
+    at the tokenizer's character offsets (so no detokenisation artefacts). The result is one text
+    field: after a tail cut the title is usually gone, which is the point."""
+    ids = list(corpus)
+    full = [f"{corpus[d].get('title', '')}{title_sep}{corpus[d]['text']}".strip() for d in ids]
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True,
+                    verbose=False)  # no "longer than the maximum" warning: we only want offsets
+    out, cut = {}, 0
+    for did, text, offsets in zip(ids, full, enc["offset_mapping"]):
+        if len(offsets) > tokens:
+            cut += 1
+            text = text[:offsets[tokens - 1][1]] if side == "head" else text[offsets[-tokens][0]:]
+        out[did] = dict(title="", text=text.strip())
+    return out, dict(_stats(corpus, out), truncated_documents=cut)
+
+
+def pad_with_distractors(corpus: dict, side: str, factor: float, seed: int) -> tuple[dict, dict]:
+    """Lengthen each document to `factor` x its word count with text of randomly drawn other documents,
+    before (prefix) or after (suffix) it: does the encoder still find the relevant part?"""
+    ids = list(corpus)
+    full = {d: f"{corpus[d].get('title', '')} {corpus[d]['text']}".strip() for d in ids}
+    out = {}
+    for did in ids:
+        need = round((factor - 1) * len(full[did].split()))
+        rng = random.Random(f"{seed}:{did}")
+        filler: list[str] = []
+        for _ in range(1000):  # bounded: a corpus of empty documents cannot loop forever
+            if len(filler) >= need or len(ids) < 2:
+                break
+            other = ids[rng.randrange(len(ids))]
+            if other != did:
+                filler.extend(full[other].split())
+        filler_text = " ".join(filler[:need])
+        text = f"{filler_text} {full[did]}" if side == "prefix" else f"{full[did]} {filler_text}"
+        out[did] = dict(title="", text=re.sub(r"\s+", " ", text).strip())
+    return out, _stats(corpus, out)

@@ -1,0 +1,120 @@
+"""Sweeps: the grid, resume after a kill, the runs table, and one-line errors for bad sweep files."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import benchmarks.sweep as sweep_mod
+from benchmarks.sweep import load_sweep, main, run_sweep
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_config(tmp_path, data_dir, body=None):
+    body = body or f"""
+name: mini
+datasets: [tiny]
+defaults: {{data_dir: {data_dir}, preset: tiny, latency_queries: 3, max_length: 64}}
+perturbations: [clean, token-shuffle, truncate:head:8]
+encoders:
+  - {{encoder: bert}}
+  - {{encoder: bm25, preset: null, perturbations: [clean, token-shuffle]}}
+"""
+    path = tmp_path / "mini.yaml"
+    path.write_text(body)
+    return path
+
+
+def run_dirs(out):
+    return sorted(p.parent for p in out.glob("*/*/*/*/summary.json"))
+
+
+def test_grid_runs_and_resumes_after_an_interruption(tiny_dataset, tmp_path, monkeypatch):
+    out = tmp_path / "results"
+    cfg = write_config(tmp_path, tiny_dataset.parent)
+    sweep = load_sweep(cfg, str(out))
+    assert len(sweep.points) == 5
+
+    real, calls, kill = sweep_mod.run_benchmark, [], [True]
+
+    def interrupted_on_third(c):
+        calls.append(c.perturbation)
+        if kill[0] and len(calls) == 3:
+            raise SystemExit("killed")  # stands in for a kill: nothing in the sweep catches it
+        return real(c)
+
+    monkeypatch.setattr(sweep_mod, "run_benchmark", interrupted_on_third)
+    with pytest.raises(SystemExit):
+        run_sweep(sweep, show_progress=False)
+    first = run_dirs(out)
+    assert len(first) == 2
+    stamps = {d: (d / "summary.json").stat().st_mtime_ns for d in first}
+
+    calls.clear()
+    kill[0] = False
+    outcome = run_sweep(load_sweep(cfg, str(out)), show_progress=False)
+    assert len(calls) == 3 and outcome["skipped"] == 2 and outcome["ran"] == 3 and not outcome["failed"]
+    assert all((d / "summary.json").stat().st_mtime_ns == t for d, t in stamps.items())  # not redone
+    table = pd.read_parquet(out / "runs.parquet")
+    assert len(table) == 5 and table["path"].is_unique
+    assert set(table["perturbation"]) == {"clean", "token-shuffle", "truncate:head:8"}
+    assert set(table.loc[table.encoder == "bm25", "perturbation"]) == {"clean", "token-shuffle"}
+    assert table.loc[table.perturbation == "truncate:head:8", "truncate_tokens"].tolist() == [8]
+    assert table["ndcg@10"].between(0, 1).all() and (table["query_p50_ms"] > 0).all()
+
+    calls.clear()  # a third time: nothing left to do
+    assert run_sweep(load_sweep(cfg, str(out)), show_progress=False)["ran"] == 0 and not calls
+
+
+def test_sweep_killed_with_sigkill_resumes_cleanly(tiny_dataset, tmp_path):
+    out = tmp_path / "results"
+    cfg = write_config(tmp_path, tiny_dataset.parent)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "benchmarks.sweep", str(cfg), "--output-dir", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not run_dirs(out) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {d: (d / "summary.json").stat().st_mtime_ns for d in run_dirs(out)}
+    assert 1 <= len(before) <= 5
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    after = run_dirs(out)
+    assert len(after) == 5
+    assert all((d / "summary.json").stat().st_mtime_ns == t for d, t in before.items())
+    assert not [p for p in out.rglob(".mini.*")]  # no partial run directory left behind
+    assert len(pd.read_parquet(out / "runs.parquet")) == 5
+
+
+@pytest.mark.parametrize("body, words", [
+    ("name: x\ndatasets: [tiny\n", "malformed YAML"),
+    ("name: x\ndatasets: [tiny]\nencoders: [{encoder: bert}]\ncolour: red\n", "unknown key(s) colour"),
+    ("datasets: [tiny]\nencoders: [{encoder: bert}]\n", "'name'"),
+    ("name: x\ndatasets: [tiny]\nencoders: [{encoder: nope}]\n", "unknown encoder 'nope'"),
+    ("name: x\ndatasets: [tiny]\nencoders: [{encoder: bert, perturbations: [shuffle]}]\n", "unknown perturbation"),
+    ("name: x\ndatasets: [tiny]\nencoders: [{encoder: bert, perturbations: ['prune:1.5']}]\n", "sparsity must be in (0, 1)"),
+    ("name: x\ndatasets: [tiny]\nencoders: [{encoder: bm25, perturbations: ['prune:0.5']}]\n", "not bm25"),
+    ("name: x\ndatasets: [tiny]\nencoders: [{encoder: bert, colour: red}]\n", "unknown field(s) colour"),
+    ("name: x\ndatasets: [no-such-dataset]\nencoders: [{encoder: bert}]\n", "no-such-dataset"),
+])
+def test_bad_sweep_file_one_line_and_nothing_written(tiny_dataset, tmp_path, capsys, body, words):
+    body = body.replace("datasets: [tiny]", f"datasets: [tiny]\ndefaults: {{data_dir: {tiny_dataset.parent}}}")
+    cfg = write_config(tmp_path, tiny_dataset.parent, body)
+    out = tmp_path / "results"
+    assert main([str(cfg), "--output-dir", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and err.count("\n") == 0 and words in err, err
+    assert not out.exists()
+
+
+def test_missing_sweep_file(tmp_path, capsys):
+    assert main([str(tmp_path / "nope.yaml")]) == 2
+    assert "cannot read the sweep file" in capsys.readouterr().err
