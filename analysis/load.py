@@ -1,0 +1,156 @@
+"""Read every run under a results directory into tidy frames.
+
+`load_results(dir)` -> `Results` with
+    runs       one row per run: the columns of `benchmarks.table.summary_row`, plus
+               arch (encoder name), model (what a plot calls it), kind (clean | prune | input | mixed),
+               params (after pruning), base_key (the unperturbed configuration) and config_key
+               (base_key + perturbation: runs sharing it are repeats of one configuration)
+    per_query  one row per (run path, judged query): the run's per_query.csv
+    summaries  path -> summary.json
+    problems   one line per run that was skipped: "<path>: <what is wrong>"
+
+A broken run (malformed summary.json, a missing or unreadable per_query.csv, ...) is skipped and
+named in `problems`, so that one bad directory never hides all the good ones.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from benchmarks.data import DataError, Dataset, load_dataset
+from benchmarks.table import run_dirs, summary_row
+
+INPUT_COLUMNS = ("shuffle", "truncate_side", "pad_side")
+
+
+class AnalysisError(Exception):
+    """Results that cannot be analysed at all (e.g. an empty directory); printed as one line."""
+
+
+@dataclass
+class Results:
+    root: Path
+    runs: pd.DataFrame
+    per_query: pd.DataFrame
+    summaries: dict[str, dict]
+    problems: list[str] = field(default_factory=list)
+
+
+def _kind(row: dict) -> str:
+    pruned = row.get("prune_sparsity") is not None
+    # A step kind the table does not flatten still makes the run perturbed (an input one, by default).
+    perturbed_input = any(row.get(c) is not None for c in INPUT_COLUMNS) or (
+        not pruned and row.get("perturbation", "clean") not in (None, "clean"))
+    return {(False, False): "clean", (True, False): "prune", (False, True): "input"}.get((pruned, perturbed_input),
+                                                                                        "mixed")
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_run(d: Path) -> tuple[dict, dict, pd.DataFrame]:
+    """(summary, table row, per-query frame) of one run directory; ValueError says what is wrong."""
+    try:
+        summary = json.loads((d / "summary.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"summary.json is not valid JSON ({e.msg} at line {e.lineno})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"summary.json cannot be read ({e})") from None
+    try:
+        row = summary_row(summary, d)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"summary.json lacks a field the analysis needs ({type(e).__name__}: {e})") from None
+    if not _number(row.get("ndcg@10")):
+        raise ValueError(f"summary.json has no numeric metrics.ndcg@10 (got {row.get('ndcg@10')!r})")
+    if not (d / "per_query.csv").is_file():
+        raise ValueError("per_query.csv is missing")
+    try:
+        pq = pd.read_csv(d / "per_query.csv", dtype={"qid": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ValueError(f"per_query.csv cannot be parsed ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    missing = [c for c in ("qid", "ndcg@10") if c not in pq.columns]
+    if missing:
+        raise ValueError(f"per_query.csv has no column {', '.join(missing)}")
+    if pq["qid"].isna().any() or pq["qid"].duplicated().any():
+        raise ValueError("per_query.csv has empty or duplicate qids")
+    if not pd.api.types.is_numeric_dtype(pq["ndcg@10"]):
+        raise ValueError("per_query.csv column ndcg@10 is not numeric")
+    return summary, row, pq
+
+
+def _derive(row: dict, summary: dict) -> dict:
+    cfg = summary["encoder"].get("config") or {}
+    row["arch"] = row["encoder"]
+    variant = row.get("label") or row.get("preset") or (Path(str(row["checkpoint"])).name if row.get("checkpoint") else "")
+    bi = f" bi-{cfg['bidirectional']}" if cfg.get("bidirectional") else ""
+    variant = "" if variant == row["encoder"] else variant  # bm25's label is "bm25"
+    row["model"] = f"{row['encoder']} {variant}{bi}".strip()
+    dtype = {"float32": "", "bfloat16": " bf16", "float16": " fp16"}.get(row.get("dtype"), f" {row.get('dtype')}")
+    row["name"] = row["model"] + dtype  # the model as a plot legend names it
+    row["kind"] = _kind(row)
+    report = next((s.get("report", {}) for s in (summary.get("perturbation") or {}).get("steps", [])
+                   if s.get("kind") == "prune"), {})
+    row["params"] = report.get("params_after", row.get("num_parameters"))
+    row["params_clean"] = report.get("params_before", row.get("num_parameters"))
+    # Repeats are runs that differ only in run id and seed (the seed of an untrained preset changes its
+    # weights, so repeats over seeds show that spread too). The tag carries name, label, bi and dtype.
+    row["base_key"] = "|".join(str(row.get(k)) for k in ("dataset", "split", "tag", "max_length"))
+    row["config_key"] = f"{row['base_key']}|{row['perturbation']}"
+    return row
+
+
+def load_results(results_dir: str | Path) -> Results:
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise AnalysisError(f"results directory {root} does not exist")
+    dirs = run_dirs(root)
+    if not dirs:
+        raise AnalysisError(f"no runs under {root} (no <dataset>/<encoder>/.../summary.json found)")
+    rows, frames, summaries, problems = [], [], {}, []
+    for d in dirs:
+        try:
+            summary, row, pq = read_run(d)
+        except ValueError as e:
+            problems.append(f"{d}: {e}")
+            continue
+        rows.append(_derive(row, summary))
+        summaries[str(d)] = summary
+        frames.append(pq.assign(path=str(d)))
+    if not rows:
+        raise AnalysisError(f"no readable runs under {root}: {len(problems)} broken, e.g. {problems[0]}")
+    runs = pd.DataFrame(rows)
+    runs["perturbation"] = runs["perturbation"].fillna("clean")
+    runs["created"] = pd.to_datetime(runs["created"], errors="coerce", utc=True)
+    per_query = pd.concat(frames, ignore_index=True)
+    return Results(root, runs.reset_index(drop=True), per_query, summaries, problems)
+
+
+def latest_per_config(runs: pd.DataFrame) -> pd.DataFrame:
+    """One run per configuration (the newest), for analyses that pair queries across runs."""
+    return runs.sort_values(["created", "path"]).groupby("config_key", sort=False).tail(1)
+
+
+def find_dataset_texts(summary: dict, results_root: Path) -> tuple[Dataset | None, str]:
+    """The run's dataset (for query and document texts), or None and why not.
+
+    summary.dataset.path may be relative to where the run was made: try it as given, relative to the
+    results directory's parent (runs are usually made from the repo root), then the name through
+    $BEIR_DATA_DIR and ./data. Never downloads.
+    """
+    ds, split = summary["dataset"], summary["dataset"].get("split", "test")
+    candidates = [ds.get("path"), str(results_root.resolve().parent / ds["path"]) if ds.get("path") else None,
+                  ds["name"]]
+    candidates = list(dict.fromkeys(c for c in candidates if c))
+    for candidate in candidates:
+        try:
+            return load_dataset(candidate, split, download=False), ""
+        except DataError as e:
+            last = str(e)
+    return None, (f"the texts of dataset {ds['name']!r} ({split}) were not found (tried {', '.join(candidates)} "
+                  f"and $BEIR_DATA_DIR; last error: {last})")

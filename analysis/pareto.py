@@ -1,0 +1,96 @@
+"""Quality against cost: the Pareto frontier of runs and its plot.
+
+A run is on the frontier when no other run is at least as good on both axes and strictly better on
+one. Exact duplicates do not dominate each other, so both stay (they are distinct runs); of two runs
+tied on one axis only the one better on the other stays.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from . import plots
+
+BETTER = ("lower", "higher")
+
+
+def pareto_frontier(frame: pd.DataFrame, x: str, y: str, x_better: str = "lower",
+                    y_better: str = "higher") -> pd.DataFrame:
+    """The non-dominated rows of `frame` (rows with a missing x or y are ignored), sorted by x."""
+    if x_better not in BETTER or y_better not in BETTER:
+        raise ValueError(f"x_better and y_better must be 'lower' or 'higher', got {x_better!r}, {y_better!r}")
+    data = frame[frame[x].notna() & frame[y].notna()]
+    # Flip signs so that "higher is better" on both axes, then an O(n^2) dominance check: n is the
+    # number of runs (hundreds at most), and this reads like the definition.
+    xs = data[x].to_numpy(float) * (1 if x_better == "higher" else -1)
+    ys = data[y].to_numpy(float) * (1 if y_better == "higher" else -1)
+    geq = (xs[None, :] >= xs[:, None]) & (ys[None, :] >= ys[:, None])  # [i, j]: j at least as good as i
+    gt = (xs[None, :] > xs[:, None]) | (ys[None, :] > ys[:, None])
+    dominated = (geq & gt).any(axis=1)
+    return data[~dominated].sort_values([x, y], kind="stable")
+
+
+def aggregate_repeats(runs: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """One row per configuration: mean and standard deviation of x and y over its repeated runs."""
+    g = runs.groupby("config_key", sort=False)
+    first = g.head(1).set_index("config_key")
+    out = first.assign(**{x: g[x].mean(), y: g[y].mean(), f"{x}_std": g[x].std(), f"{y}_std": g[y].std(),
+                          "repeats": g.size()})
+    return out.reset_index()
+
+
+def point_label(row) -> str:
+    """Variant / pruning level / dtype, short, for a point on the plot."""
+    parts = [row["model"]]
+    if pd.notna(row.get("prune_sparsity")):
+        parts.append(f"p{row['prune_sparsity']:g}")
+    if row.get("dtype") and row["dtype"] != "float32":
+        parts.append({"bfloat16": "bf16", "float16": "fp16"}.get(row["dtype"], row["dtype"]))
+    return " ".join(p for p in parts if p)
+
+
+AXES = {  # x column -> (axis title, which direction is better)
+    "query_p50_ms": ("query latency p50, batch 1 (ms, log scale)", "lower"),
+    "corpus_docs_per_s": ("corpus throughput (documents/s, log scale)", "higher"),
+}
+
+
+def plot_frontier(runs: pd.DataFrame, x: str, out_dir, name: str, y: str = "ndcg@10"):
+    """One panel per dataset: every configuration (error bars over repeats), the frontier as a step
+    line. Returns (figure file name, frontier rows, labels left out to avoid overlap)."""
+    title, better = AXES[x]
+    datasets = sorted(runs["dataset"].unique())
+    fig, axes = plots.subplots(len(datasets), width=7.5, height=5.0)
+    frontier_rows, labels, omitted = [], [], 0
+    for ax, dataset in zip(axes, datasets):
+        points = aggregate_repeats(runs[(runs["dataset"] == dataset) & runs[x].notna()], x, y)
+        if points.empty:
+            ax.set_visible(False)
+            continue
+        front = pareto_frontier(points, x, y, x_better=better)
+        frontier_rows.append(front)
+        for arch, group in points.groupby("arch", sort=True):
+            color, marker = plots.arch_style(arch)
+            ax.errorbar(group[x], group[y], xerr=group[f"{x}_std"].fillna(0).where(group["repeats"] > 1),
+                        yerr=group[f"{y}_std"].fillna(0).where(group["repeats"] > 1), fmt=marker, color=color,
+                        ms=7, capsize=3, label=arch, ls="none", mec="black", mew=0.5, zorder=3)
+        # "post"/"pre": the best quality reachable within a latency budget (or above a throughput floor).
+        ax.step(front[x], front[y], where="post" if better == "lower" else "pre", color="0.3", ls="--", lw=1,
+                marker="o", ms=15, mfc="none", mec="0.3", zorder=2, label="Pareto frontier")  # ringed points
+        ax.set_xscale("log")
+        lo, hi = (points[x] - points[f"{x}_std"].fillna(0)).min(), (points[x] + points[f"{x}_std"].fillna(0)).max()
+        ax.set_xlim(lo / 1.4, hi * 1.4)  # a one-point plot gets a sensible range too
+        plots.plain_log_ticks(ax.xaxis)
+        ax.set_xlabel(title + (", better ←" if better == "lower" else ", better →"))
+        ax.set_ylabel(f"{y.upper()} (higher is better)")
+        ax.set_ylim(bottom=min(0, points[y].min()) - 0.02, top=max(points[y].max() * 1.1, 0.1))
+        ax.set_title(dataset)
+        ax.grid(True, which="both", alpha=0.3)
+        # Frontier labels first, so that those are the ones kept when labels would collide.
+        order = points.assign(_front=points["config_key"].isin(front["config_key"])).sort_values("_front", ascending=False)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+        labels.append((ax, order[x], order[y], [point_label(r) for _, r in order.iterrows()]))
+    for args in labels:  # after every panel is drawn: the layout (and so label positions) is final
+        omitted += plots.place_labels(*args)
+    path = plots.save(fig, out_dir, name)
+    return path, (pd.concat(frontier_rows) if frontier_rows else pd.DataFrame()), omitted

@@ -1,0 +1,241 @@
+"""analysis/: Pareto frontier, significance tests, and the report on fabricated results directories."""
+
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import report
+from analysis.errors import holm, paired_test
+from analysis.load import AnalysisError, load_results
+from analysis.pareto import pareto_frontier
+
+QUERIES = [f"q{i}" for i in range(40)]
+
+
+def perturbation(spec: str) -> dict | None:
+    """The summary's `perturbation` entry for a spec (the subset of the schema the fabricator needs)."""
+    if spec == "clean":
+        return None
+    steps = []
+    for part in spec.split("+"):
+        bits = part.split(":")
+        if bits[0] == "prune":
+            s = float(bits[1])
+            steps.append(dict(kind="prune", sparsity=s, criterion="magnitude",
+                              report=dict(requested_sparsity=s, realised_sparsity=s * 0.97,
+                                          params_before=22_700_000, params_after=int(22_700_000 * (1 - 0.5 * s)))))
+        elif bits[0] == "truncate":
+            steps.append(dict(kind="truncate", side=bits[1], tokens=int(bits[2])))
+        else:
+            steps.append(dict(kind=bits[0], seed=0))
+    return dict(name=spec, slug=spec.replace(":", "-"), steps=steps)
+
+
+def fabricate_run(root: Path, dataset: str, encoder: str, label: str, spec: str, ndcg: float, p50: float,
+                  dtype: str = "float32", run_id: str = "r1", seed: int = 0, data_path: str = "nowhere") -> Path:
+    """A run directory as benchmarks.run writes it: per-query NDCG@10 with mean ~`ndcg`."""
+    tag = f"{encoder}-{label}" + ("" if dtype == "float32" else f"-{dtype}")
+    d = root / dataset / tag / spec.replace(":", "-") / run_id
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(zlib.crc32(f"{encoder}{label}{spec}{dtype}{run_id}".encode()))
+    scores = np.clip(ndcg + rng.normal(0, min(0.15, ndcg / 3), len(QUERIES)), 0, 1)
+    scores = np.clip(scores - scores.mean() + ndcg, 0, 1)
+    pq = pd.DataFrame({"qid": QUERIES, "query_tokens": [5 + i % 7 for i in range(len(QUERIES))],
+                       "num_relevant": [1 + i % 3 for i in range(len(QUERIES))], "num_retrieved": 100,
+                       "relevant_doc_words": [80 + 7 * i for i in range(len(QUERIES))], "ndcg@10": scores,
+                       "recall@100": np.clip(scores + 0.2, 0, 1)})
+    pq.to_csv(d / "per_query.csv", index=False)
+    summary = dict(
+        run_id=run_id, created=f"2026-11-23T10:00:{len(run_id):02d}+0000",
+        dataset=dict(name=dataset, path=data_path, split="test", documents=6, queries=len(QUERIES), judgments=60,
+                     warnings={}),
+        metrics={"ndcg@10": float(scores.mean()), "recall@100": float(pq["recall@100"].mean())},
+        encoder=dict(name=encoder, tag=tag, config=dict(encoder=encoder, label=label, dtype=dtype, max_length=256),
+                     num_parameters=0 if encoder == "bm25" else 22_700_000, flops_per_token=1e7, embedding_dim=384,
+                     kernel_path="test"),
+        config=dict(encoder=encoder, dataset=dataset, preset=None if encoder in ("bert", "bm25") else label,
+                    checkpoint=None, dtype=dtype, seed=seed),
+        timings=dict(corpus_encode=dict(texts_per_s=1000.0 / p50, tokens_per_s=1e5 / p50, cached=False),
+                     query_latency=dict(p50_ms=p50, p95_ms=p50 * 1.3), total_s=10.0),
+        environment=dict(python="3.11", cpu="test cpu", device="cpu", packages={"torch": "2.13.0"},
+                         git=dict(commit="abc123", dirty=False)),
+    )
+    if perturbation(spec):
+        summary["perturbation"] = perturbation(spec)
+    (d / "summary.json").write_text(json.dumps(summary))
+    return d
+
+
+def fabricate(root: Path, data_path: str = "nowhere") -> Path:
+    """A few encoders x perturbations; untrained models near NDCG 0, BERT ~0.65, BM25 ~0.67."""
+    quality = {("bert", "all-MiniLM-L6-v2"): (0.65, 10.0), ("bm25", "bm25"): (0.67, 1.0),
+               ("mamba", "small"): (0.012, 8.0), ("gla", "small"): (0.009, 6.0)}
+    for (enc, label), (ndcg, p50) in quality.items():
+        specs = ["clean"] if enc == "bm25" else ["clean", "prune:0.3", "prune:0.5", "sentence-shuffle",
+                                                 "truncate:head:64", "truncate:tail:64"]
+        for spec in specs:
+            drop = {"prune:0.3": 0.9, "prune:0.5": 0.7, "sentence-shuffle": 0.95, "truncate:head:64": 0.85,
+                    "truncate:tail:64": 0.6}.get(spec, 1.0)
+            speedup = {"prune:0.3": 0.8, "prune:0.5": 0.6}.get(spec, 1.0)
+            fabricate_run(root, "scifact", enc, label, spec, ndcg * drop, p50 * speedup, data_path=data_path)
+    fabricate_run(root, "scifact", "bert", "all-MiniLM-L6-v2", "clean", 0.65, 12.0, run_id="r2-repeat")
+    fabricate_run(root, "scifact", "bert", "all-MiniLM-L6-v2", "clean", 0.648, 6.0, dtype="bfloat16")
+    (root / ".cache" / "embeddings").mkdir(parents=True)  # hidden: never read as a run
+    return root
+
+
+# --- Pareto frontier --------------------------------------------------------------------------------
+
+def frontier_ids(points, x_better="lower", y_better="higher"):
+    frame = pd.DataFrame(points, columns=["id", "x", "y"])
+    return list(pareto_frontier(frame, "x", "y", x_better=x_better, y_better=y_better)["id"])
+
+
+def test_frontier_hand_made():
+    points = [("a", 1, 0.2), ("b", 2, 0.5), ("c", 3, 0.4), ("d", 4, 0.9), ("e", 5, 0.9)]
+    assert frontier_ids(points) == ["a", "b", "d"]  # c dominated by b; e tied on y with d but slower
+    # Higher x is better (throughput): the same points read the other way.
+    assert frontier_ids(points, x_better="higher") == ["e"]
+    assert frontier_ids([("a", 1, 0.2), ("b", 2, 0.5)], x_better="higher") == ["b"]
+    assert frontier_ids([("a", 1, 0.2), ("b", 2, 0.5)], x_better="higher", y_better="lower") == ["a", "b"]
+
+
+def test_frontier_ties_duplicates_one_point_and_missing():
+    assert frontier_ids([("only", 3.0, 0.1)]) == ["only"]
+    # Same x, different y: only the better y stays; exact duplicates both stay (neither dominates).
+    assert frontier_ids([("lo", 1, 0.3), ("hi", 1, 0.6)]) == ["hi"]
+    assert sorted(frontier_ids([("a", 1, 0.5), ("a2", 1, 0.5), ("b", 2, 0.4)])) == ["a", "a2"]
+    assert frontier_ids([("a", 1, np.nan), ("b", np.nan, 0.9), ("c", 2, 0.1)]) == ["c"]
+    assert frontier_ids([]) == []
+    with pytest.raises(ValueError):
+        frontier_ids([("a", 1, 1)], x_better="smaller")
+
+
+# --- significance -----------------------------------------------------------------------------------
+
+def test_paired_test_known_answers():
+    rng = np.random.default_rng(1)
+    a = rng.random(60)
+    same = paired_test(a, a.copy())
+    assert same["p"] == 1.0 and same["mean_diff"] == 0 and same["ties"] == 60 and same["cohens_dz"] == 0
+    shifted = paired_test(a + 0.2 + rng.normal(0, 0.05, 60), a, seed=3)
+    assert shifted["p"] < 0.01 and shifted["mean_diff"] == pytest.approx(0.2, abs=0.03)
+    assert shifted["ci_low"] < shifted["mean_diff"] < shifted["ci_high"] and shifted["ci_low"] > 0.15
+    assert shifted["cohens_dz"] > 2
+    # Half the queries up, half down by the same amount: mean difference 0, so p = 1.
+    balanced = paired_test(a + np.repeat([0.1, -0.1], 30), a)
+    assert balanced["p"] == pytest.approx(1.0) and balanced["mean_diff"] == pytest.approx(0, abs=1e-12)
+    # Tiny n: scipy enumerates all 2^4 sign flips; one query up, three tied: p = 1 (half the flips tie it).
+    exact = paired_test(np.array([0.5, 0.2, 0.3, 0.4]), np.array([0.5, 0.2, 0.3, 0.1]))
+    assert exact["p"] == pytest.approx(1.0) and exact["wins"] == 1 and exact["ties"] == 3
+
+
+def test_paired_test_seeded_and_exact():
+    rng = np.random.default_rng(2)
+    a, b = rng.random(50), rng.random(50)
+    assert paired_test(a, b, seed=7) == paired_test(a, b, seed=7)
+    # 6 queries all improved by 0.1: of the 2^6 sign patterns only all-plus and all-minus are as extreme.
+    exact = paired_test(np.full(6, 0.6), np.full(6, 0.5))
+    assert exact["p"] == pytest.approx(2 / 64)
+    with pytest.raises(ValueError):
+        paired_test([0.1, 0.2], [0.1])
+
+
+def test_holm_known_values():
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5]) == pytest.approx([0.5])
+    assert holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])  # capped at 1, order kept
+
+
+# --- loading and the report -------------------------------------------------------------------------
+
+def test_load_tidy_frames(tmp_path):
+    res = load_results(fabricate(tmp_path / "results"))
+    assert res.problems == []
+    assert len(res.runs) == 3 * 6 + 1 + 2 and len(res.per_query) == len(res.runs) * len(QUERIES)
+    bert = res.runs[res.runs["encoder"] == "bert"]
+    assert set(bert["kind"]) == {"clean", "prune", "input"}
+    # The fp32 repeat shares a configuration; the bf16 run does not.
+    clean = bert[bert["kind"] == "clean"]
+    assert clean["config_key"].nunique() == 2 and set(clean["name"]) == {"bert all-MiniLM-L6-v2",
+                                                                          "bert all-MiniLM-L6-v2 bf16"}
+    pruned = res.runs[res.runs["perturbation"] == "prune:0.5"].iloc[0]
+    assert pruned["params"] == int(22_700_000 * 0.75) and pruned["prune_realised"] == pytest.approx(0.485)
+
+
+def test_report_on_fabricated_results(tmp_path, capsys):
+    results = fabricate(tmp_path / "results")
+    out = tmp_path / "report"
+    assert report.main(["--results", str(results), "--out", str(out), "--resamples", "199"]) == 0
+    md = (out / "report.md").read_text()
+    for name in ("frontier_latency", "frontier_throughput", "pruning", "position", "doc_length", "truncation",
+                 "errors_breakdown"):
+        assert (out / f"{name}.png").stat().st_size > 1000 and (out / f"{name}.svg").is_file(), name
+        assert f"({name}.png)" in md
+    headings = [line for line in md.splitlines() if line.startswith("## ")]
+    assert [h.split()[1] for h in headings] == ["1.", "2.", "3.", "4.", "5."]
+    assert "†" in md  # untrained models flagged: clean NDCG@10 below the floor
+    assert "mamba small − bert all-MiniLM-L6-v2" in md
+    assert "the texts of dataset 'scifact' (test) were not found" in md  # data path "nowhere"
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp dir left behind
+    # Never overwrite silently.
+    assert report.main(["--results", str(results), "--out", str(out)]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert report.main(["--results", str(results), "--out", str(out), "--overwrite", "--resamples", "99"]) == 0
+
+
+def test_report_with_dataset_texts_and_single_run(tmp_path, tiny_dataset):
+    # The tiny dataset's three judged queries, one run only: a one-point frontier, sections skipped.
+    results = tmp_path / "results"
+    d = fabricate_run(results, "tiny", "bert", "all-MiniLM-L6-v2", "clean", 0.6, 10.0, data_path=str(tiny_dataset))
+    pq = pd.read_csv(d / "per_query.csv").head(3).assign(qid=["q1", "q2", "q3"])
+    pq.to_csv(d / "per_query.csv", index=False)
+    out = tmp_path / "report"
+    assert report.main(["--results", str(results), "--out", str(out), "--resamples", "99"]) == 0
+    md = (out / "report.md").read_text()
+    assert "no pruning runs: pruning section skipped" in md
+    assert "no truncation runs" in md and "only the reference run is clean" in md
+    # Add a second model: the error analysis now finds the texts and names the queries.
+    d2 = fabricate_run(results, "tiny", "mamba", "small", "clean", 0.1, 5.0, data_path=str(tiny_dataset))
+    pd.read_csv(d2 / "per_query.csv").head(3).assign(qid=["q1", "q2", "q3"]).to_csv(d2 / "per_query.csv", index=False)
+    assert report.main(["--results", str(results), "--out", str(out), "--overwrite", "--resamples", "99"]) == 0
+    md = (out / "report.md").read_text()
+    assert "how do plants make sugar from light" in md and "lexical_overlap" in md
+
+
+def test_empty_and_missing_results_dir(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert report.main(["--results", str(tmp_path / "empty"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no runs under") and "\n" not in err
+    with pytest.raises(AnalysisError, match="does not exist"):
+        load_results(tmp_path / "absent")
+    assert not (tmp_path / "r").exists()
+
+
+def test_partly_corrupt_results(tmp_path, capsys):
+    results = tmp_path / "results"
+    fabricate_run(results, "scifact", "bert", "all-MiniLM-L6-v2", "clean", 0.65, 10.0)
+    fabricate_run(results, "scifact", "mamba", "small", "clean", 0.01, 8.0)
+    broken = fabricate_run(results, "scifact", "gla", "small", "clean", 0.01, 6.0)
+    (broken / "summary.json").write_text('{"run_id": "x", "metrics": ')
+    no_pq = fabricate_run(results, "scifact", "rwkv", "small", "clean", 0.01, 7.0)
+    (no_pq / "per_query.csv").unlink()
+    out = tmp_path / "report"
+    assert report.main(["--results", str(results), "--out", str(out), "--resamples", "99"]) == 0
+    err = capsys.readouterr().err
+    md = (out / "report.md").read_text()
+    for text in (err, md):
+        assert f"{broken}" in text and "summary.json is not valid JSON" in text
+        assert f"{no_pq}" in text and "per_query.csv is missing" in text
+    assert "2 run(s) skipped" in md and "mamba small" in md and "gla small" not in md
+    # Only broken runs: a one-line error, no report.
+    only_bad = tmp_path / "bad"
+    d = fabricate_run(only_bad, "scifact", "gla", "small", "clean", 0.01, 6.0)
+    (d / "per_query.csv").write_text("qid,other\nq1,1\n")
+    assert report.main(["--results", str(only_bad), "--out", str(tmp_path / "r2")]) == 2
+    assert "per_query.csv has no column ndcg@10" in capsys.readouterr().err
