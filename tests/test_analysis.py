@@ -167,7 +167,9 @@ def test_load_tidy_frames(tmp_path):
     assert pruned["params"] == int(22_700_000 * 0.75) and pruned["prune_realised"] == pytest.approx(0.485)
 
 
-def test_report_on_fabricated_results(tmp_path, capsys):
+def test_report_on_fabricated_results(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("BEIR_DATA_DIR", raising=False)  # the fabricated runs' texts must not be found by name
+    monkeypatch.chdir(tmp_path)  # (nor as ./data/scifact)
     results = fabricate(tmp_path / "results")
     out = tmp_path / "report"
     assert report.main(["--results", str(results), "--out", str(out), "--resamples", "199"]) == 0
