@@ -38,7 +38,6 @@ import shutil
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -112,7 +111,8 @@ class TrainConfig:
 
 
 def check_config(cfg: TrainConfig) -> None:
-    encoders.get(cfg.encoder)  # unknown encoder: one line, before anything loads
+    if not hasattr(encoders.get(cfg.encoder), "save_pretrained"):  # (an unknown encoder: one line, before loading)
+        raise TrainError(f"encoder {cfg.encoder!r} has no save_pretrained(directory) to write its checkpoints")
     if cfg.budget_minutes is None and cfg.steps is None:
         raise TrainError("give a budget: --budget-minutes and/or --steps")
     if (cfg.budget_minutes is not None and not cfg.budget_minutes > 0) or (cfg.steps is not None and cfg.steps <= 0):
@@ -141,7 +141,8 @@ class TrainData:
     describe: dict
 
 
-def load_train_data(cfg: TrainConfig, student) -> TrainData:
+def load_train_data(cfg: TrainConfig, student):
+    """-> (TrainData, the train split's Dataset)."""
     ds = load_dataset(cfg.dataset, "train", cfg.data_dir)  # the train split only: no test query is read
     doc_ids = list(ds.corpus)[:cfg.limit_docs]
     position = {d: i for i, d in enumerate(doc_ids)}
@@ -160,16 +161,16 @@ def load_train_data(cfg: TrainConfig, student) -> TrainData:
         transductive=("the documents are the whole corpus, which the test queries are searched in: distilling "
                       "on them is transductive (the model has seen every document it will retrieve)"),
     )
-    return TrainData(query_ids, queries, doc_ids, docs, pairs, relevant, describe)
+    return TrainData(query_ids, queries, doc_ids, docs, pairs, relevant, describe), ds
 
 
-def teacher_embeddings(teacher, ds_queries: list[str], ds_docs: list[dict] | None, data: TrainData,
-                       cache: EmbeddingCache) -> tuple[np.ndarray, np.ndarray]:
-    """The teacher's (normalised) embeddings of the train queries and the documents, from the
-    embedding cache when an entry exists (keyed by the teacher's fingerprint and the exact texts)."""
+def teacher_embeddings(teacher, queries: list[str], docs: list[dict], cache: EmbeddingCache):
+    """The teacher's (normalised) embeddings of the train queries and the documents -> (tq, td), from
+    the embedding cache when an entry exists (keyed by the teacher's fingerprint and the exact texts;
+    the corpus entry is the one `benchmarks.run` writes for the same model and max length)."""
     fingerprint = teacher.fingerprint
     out = []
-    for texts in (teacher.query_texts(ds_queries), teacher.corpus_texts(ds_docs)):
+    for texts in (teacher.query_texts(queries), teacher.corpus_texts(docs)):
         hit = cache.load(fingerprint, texts)
         if hit is None:
             emb = teacher.encode(texts, desc="teacher")
@@ -216,70 +217,6 @@ def make_batch(data: TrainData, cfg: TrainConfig, step: int, negatives: list[np.
     return pairs[:, 0], np.array(docs, dtype=np.int64), np.array([where[int(d)] for d in pairs[:, 1]])
 
 
-# -- training kernels ---------------------------------------------------------------------------
-class SelectiveScan(torch.autograd.Function):
-    """Mamba's selective scan with a gradient. The encoder's CPU scan (`selective_scan_chunked`)
-    writes into preallocated buffers, which autograd cannot follow; here its forward runs as is and
-    the backward is the adjoint recurrence, run backwards in time:
-        g_t = C_t dy_t + a_{t+1} g_{t+1}    (g_t = dL/dh_t, a_t = exp(dt_t A))
-    from which dx, d(dt), dA, dB, dC follow elementwise. States are recomputed, not stored."""
-
-    @staticmethod
-    def forward(ctx, x, dt, A, B, C, chunk_size):
-        from encoders.mamba import selective_scan_chunked
-
-        ctx.save_for_backward(x, dt, A, B, C)
-        return selective_scan_chunked(x, dt, A, B, C, chunk_size)
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, dt, A, B, C = ctx.saved_tensors  # (L, b, e), (L, b, e), (e, n), (L, b, n), (L, b, n)
-        u = dt * x
-        a = torch.exp(dt[:, :, None, :] * A.t())  # (L, b, n, e)
-        h = u[:, :, None, :] * B[..., None]  # the input terms, turned into the states in place
-        for t in range(1, len(h)):
-            h[t].addcmul_(a[t], h[t - 1])
-        g = C[..., None] * dy[:, :, None, :]
-        for t in range(len(g) - 2, -1, -1):
-            g[t].addcmul_(a[t + 1], g[t + 1])
-        dC = torch.einsum("lbe,lbne->lbn", dy, h)
-        du = torch.einsum("lbne,lbn->lbe", g, B)
-        dB = torch.einsum("lbne,lbe->lbn", g, u)
-        # d(dt A)_t = g_t h_{t-1} a_t, reusing a's memory (h_{-1} = 0).
-        dz = a.mul_(g)
-        dz[1:].mul_(h[:-1])
-        dz[0].zero_()
-        ddt = du * x + torch.einsum("lbne,en->lbe", dz, A)
-        dA = torch.einsum("lbne,lbe->en", dz, dt)
-        return du * dt, ddt, dA, dB, dC, None
-
-
-@contextmanager
-def training_kernels(student):
-    """Swap the inference-only CPU kernels of a student for differentiable ones while training:
-    Mamba's scan (in-place buffers) for `SelectiveScan`, GLA's chunked form (in-place updates) for
-    its step-by-step recurrence (the same function; fla's reference). Everything else trains as is."""
-    import encoders.mamba as mamba
-
-    scan = mamba.selective_scan_chunked
-    gla_layers = [m for m in student.modules() if type(m).__name__ == "GatedLinearAttention" and m.mode == "chunk"]
-
-    def differentiable_scan(x, dt, A, B, C, chunk_size=mamba.CHUNK_SIZE):
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (x, dt, A, B, C)):
-            return SelectiveScan.apply(x, dt, A, B, C, chunk_size)
-        return scan(x, dt, A, B, C, chunk_size)
-
-    mamba.selective_scan_chunked = differentiable_scan
-    for m in gla_layers:
-        m.mode = "recurrent"
-    try:
-        yield
-    finally:
-        mamba.selective_scan_chunked = scan
-        for m in gla_layers:
-            m.mode = "chunk"
-
-
 # -- model and checkpoint -----------------------------------------------------------------------
 def token_embeddings(encoder) -> torch.nn.Embedding:
     model = encoder.model
@@ -289,22 +226,13 @@ def token_embeddings(encoder) -> torch.nn.Embedding:
     return emb
 
 
-def save_checkpoint(encoder, directory: str | Path) -> None:
-    """Write a directory `encoders.load(encoder.name, checkpoint=directory)` loads."""
-    if hasattr(encoder, "save_pretrained"):  # Hyena, RetNet, GLA: their own format
-        encoder.save_pretrained(directory)
-    else:  # BERT, Mamba, RWKV wrap a transformers model
-        encoder.model.save_pretrained(str(directory))
-        encoder.tokenizer.save_pretrained(str(directory))
-
-
 def write_checkpoint(out: Path, student, state: dict, meta: dict) -> None:
     """Model + trainer state + training.json, replacing `out` as a whole: a kill mid-save leaves the
     previous checkpoint (as `out`, or as `.out.old` during the swap, which --resume picks up)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        save_checkpoint(student, tmp)
+        student.save_pretrained(tmp)  # loadable by encoders.load(name, checkpoint=out)
         torch.save(state, tmp / STATE_FILE)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
         old = out.with_name(f".{out.name}.old")
@@ -379,7 +307,7 @@ def train_step(cfg, student, optimizer, data, ids, batch, tq, td, lr: float) -> 
     out["loss"].backward()
     out["grad_norm"] = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
     optimizer.step()
-    return {k: float(v) for k, v in out.items()}
+    return {k: float(v.detach()) for k, v in out.items()}
 
 
 def make_optimizer(cfg: TrainConfig, student) -> torch.optim.Optimizer:
@@ -399,7 +327,8 @@ def train(cfg: TrainConfig, resume: bool = False, teacher=None) -> Path:
     out = cfg.out_dir()
     meta = read_meta(out)
     if meta is not None and not resume:
-        raise TrainError(f"{out} already holds a training run; pass --resume to continue it (or choose --out)")
+        state = "complete" if meta.get("complete") else "partial"
+        raise TrainError(f"{out} already holds a {state} training run; pass --resume to continue it (or choose --out)")
     if resume:
         if meta is None or not (out / STATE_FILE).is_file():
             raise TrainError(f"--resume: {out} holds no training run to resume")
@@ -413,7 +342,7 @@ def train(cfg: TrainConfig, resume: bool = False, teacher=None) -> Path:
         student = encoders.load(cfg.encoder, checkpoint=str(out), **opts)
     else:
         student = encoders.load(cfg.encoder, checkpoint=cfg.checkpoint, preset=cfg.preset, **opts)
-    data = load_train_data(cfg, student)
+    data, ds = load_train_data(cfg, student)
 
     tq = td = negatives = None
     teacher_info = None
@@ -421,10 +350,9 @@ def train(cfg: TrainConfig, resume: bool = False, teacher=None) -> Path:
         if teacher is None:
             teacher = encoders.load(cfg.teacher, checkpoint=cfg.teacher_checkpoint, max_length=cfg.max_length,
                                     show_progress=cfg.show_progress)
-        ds = load_dataset(cfg.dataset, "train", cfg.data_dir)
         cache = EmbeddingCache(Path(cfg.cache_dir or "results/.cache/embeddings"))
         tq, td = teacher_embeddings(teacher, [ds.queries[q] for q in data.query_ids],
-                                    [ds.corpus[d] for d in data.doc_ids], data, cache)
+                                    [ds.corpus[d] for d in data.doc_ids], cache)
         teacher_info = dict(encoder=teacher.name, label=teacher.label, fingerprint=teacher.fingerprint,
                             max_length=teacher.max_length, embedding_dim=int(tq.shape[1]))
         width = student.embedding_dim
@@ -461,6 +389,7 @@ def train(cfg: TrainConfig, resume: bool = False, teacher=None) -> Path:
             budget=dict(minutes=cfg.budget_minutes, steps=cfg.steps), steps_done=state["step"],
             train_seconds=state["train_seconds"], wall_seconds=state["wall_seconds"] + time.perf_counter() - wall_start,
             sessions=state["sessions"], final_loss=dict(last, mean_last_20=float(np.mean(recent)) if recent else None),
+            loss_curve=state["history"][::max(1, len(state["history"]) // 50)],  # [step, loss, seconds]
             data=data.describe, teacher=teacher_info, kernel_path=student.kernel_path,
             num_parameters=student.num_parameters, environment=environment(student.device),
         )
@@ -475,9 +404,8 @@ def train(cfg: TrainConfig, resume: bool = False, teacher=None) -> Path:
 
     last: dict = {}
     since_save = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=state["step"], desc=f"train {cfg.encoder}", unit="step",
-               disable=not cfg.show_progress)
-    with training_kernels(student), bar:
+    with tqdm(total=cfg.steps, initial=state["step"], desc=f"train {cfg.encoder}", unit="step",
+              disable=not cfg.show_progress) as bar:
         while not done():
             step = state["step"]
             lr = cfg.lr * lr_factor(step, progress_of(cfg, step, state["train_seconds"]), cfg.warmup_steps)
@@ -527,7 +455,7 @@ def load_plan(path: str | Path) -> list[TrainConfig]:
     return plan
 
 
-def run_plan(plan: list[TrainConfig]) -> list[Path]:
+def run_plan(plan: list[TrainConfig], teacher=None) -> list[Path]:
     """Train each in turn: skip the complete ones, resume a partial one."""
     outs = []
     for cfg in plan:
@@ -537,7 +465,7 @@ def run_plan(plan: list[TrainConfig]) -> list[Path]:
             print(f"done      {out} ({meta['steps_done']} steps)")
         else:
             print(f"{'resume' if meta else 'train':9} {out}", flush=True)
-            train(cfg, resume=meta is not None)
+            train(cfg, resume=meta is not None, teacher=teacher)
         outs.append(out)
     return outs
 
@@ -584,6 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: the last checkpoint stays; run the same command with --resume to continue", file=sys.stderr)
+        return 130
     meta = json.loads((out / META_FILE).read_text())
     print(f"checkpoint {out}: {meta['steps_done']} steps in {meta['train_seconds'] / 60:.1f} min, "
           f"final loss {meta['final_loss']['loss']:.4f}\n"

@@ -59,6 +59,30 @@ def sentence_transformers_settings(path: Path) -> dict:
     return settings
 
 
+def write_sentence_transformers_settings(encoder: Encoder, path: Path) -> None:
+    """The inverse of `sentence_transformers_settings`: modules.json (Transformer, Pooling and, when
+    normalising, Normalize), the pooling config, max_seq_length, similarity and prompts."""
+    modules = [dict(idx=0, name="0", path="", type="sentence_transformers.models.Transformer"),
+               dict(idx=1, name="1", path="1_Pooling", type="sentence_transformers.models.Pooling")]
+    if encoder.normalize:
+        modules.append(dict(idx=2, name="2", path="2_Normalize", type="sentence_transformers.models.Normalize"))
+        (path / "2_Normalize").mkdir(exist_ok=True)
+    (path / "1_Pooling").mkdir(exist_ok=True)
+    pooling = {f"pooling_mode_{mode}": encoder.pooling == ours for mode, ours in
+               (("cls_token", "cls"), ("mean_tokens", "mean"), ("lasttoken", "last"))}
+    files = {
+        "modules.json": modules,
+        "1_Pooling/config.json": dict(word_embedding_dimension=encoder.model.config.hidden_size, **pooling,
+                                      pooling_mode_max_tokens=False, pooling_mode_mean_sqrt_len_tokens=False),
+        "sentence_bert_config.json": dict(max_seq_length=encoder.max_length, do_lower_case=False),
+        "config_sentence_transformers.json": dict(
+            prompts={k: v for k, v in (("query", encoder.query_prefix), ("document", encoder.doc_prefix)) if v},
+            default_prompt_name=None, similarity_fn_name="dot" if encoder.similarity == "dot" else "cosine"),
+    }
+    for name, content in files.items():
+        (path / name).write_text(json.dumps(content, indent=2) + "\n")
+
+
 @register_encoder("bert")
 class BertEncoder(Encoder):
     """A bidirectional transformer encoder from transformers' AutoModel."""
@@ -107,6 +131,15 @@ class BertEncoder(Encoder):
         # Without padding, skip the mask: SDPA then takes its fast unmasked path.
         mask = None if bool(attention_mask.all()) else attention_mask
         return self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """The backbone and tokenizer, plus the sentence-transformers files the loader reads, so that
+        pooling, normalisation, max length, similarity and prompts survive a reload (and the
+        directory loads in `SentenceTransformer` too)."""
+        path = Path(directory)
+        self.model.save_pretrained(str(path))
+        self.tokenizer.save_pretrained(str(path))
+        write_sentence_transformers_settings(self, path)
 
     def flops_per_token(self, seq_len: int) -> float:
         cfg = self.model.config

@@ -13,7 +13,8 @@ through logsigmoid / gate_logit_normalizer, a per-head RMSNorm of the output gat
 
 Compute paths: `naive_recurrent_gla` (fla's reference, one step at a time), `chunk_gla_torch`
 (parallel within chunks, a short recurrence across them; the default on the CPU), and fla's Triton
-`chunk_gla` on CUDA when flash-linear-attention is installed.
+`chunk_gla` on CUDA when flash-linear-attention is installed. The chunked form is inference-only
+(in-place updates): when a gradient is wanted, the layer runs the step-by-step form instead.
 """
 
 from __future__ import annotations
@@ -202,8 +203,14 @@ class GatedLinearAttention(nn.Module):
             kwargs = {"head_first": False} if "head_first" in inspect.signature(chunk_gla).parameters else {}
             o, _ = chunk_gla(q=q, k=k, v=v, g=gk.to(q.dtype), **kwargs)
         else:  # the torch forms compute in fp32 (fla's kernels accumulate in fp32 too), autocast or not
+            # The chunked form updates tensors in place, which autograd cannot follow: with a gradient
+            # wanted (training), the step-by-step form, which computes the same function.
+            training = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, gk))
             with torch.autocast(x.device.type, enabled=False):
-                o = naive_recurrent_gla(q, k, v, gk)[0] if self.mode == "recurrent" else chunk_gla_torch(q, k, v, gk)
+                if self.mode == "recurrent" or training:
+                    o = naive_recurrent_gla(q, k, v, gk)[0]
+                else:
+                    o = chunk_gla_torch(q, k, v, gk)
 
         norm = getattr(self, self.norm_name)
         o = norm(o, self.heads(self.g_proj(x), self.head_v_dim) if self.use_output_gate else None)

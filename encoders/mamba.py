@@ -8,7 +8,8 @@ Compute paths (`kernel_path`):
 - "chunked-scan <device>": everywhere else. transformers' fallback loops over every token in Python
   and materialises (batch, d_inner, length, d_state) tensors; `chunked_mixer_forward` (bound to each
   mixer instance, transformers untouched) computes the same thing chunk by chunk in
-  O(batch x d_inner x chunk x d_state) memory, several times faster.
+  O(batch x d_inner x chunk x d_state) memory, several times faster. When a gradient is wanted
+  (training) the same scan runs inside `SelectiveScan`, whose backward is the adjoint recurrence.
 """
 
 from __future__ import annotations
@@ -75,8 +76,51 @@ def selective_scan_chunked(x, dt, A, B, C, chunk_size: int = CHUNK_SIZE):
     return y
 
 
+class SelectiveScan(torch.autograd.Function):
+    """`selective_scan_chunked` with a gradient, for training. The scan writes into preallocated
+    buffers, which autograd cannot follow; so the forward runs it as is and the backward is the
+    adjoint recurrence, run backwards in time:
+        g_t = C_t dy_t + a_{t+1} g_{t+1}    (g_t = dL/dh_t, a_t = exp(dt_t A))
+    from which dx, d(dt), dA, dB, dC follow elementwise. States are recomputed, not stored."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, chunk_size=CHUNK_SIZE):
+        ctx.save_for_backward(x, dt, A, B, C)
+        return selective_scan_chunked(x, dt, A, B, C, chunk_size)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, dt, A, B, C = ctx.saved_tensors  # (L, b, e), (L, b, e), (e, n), (L, b, n), (L, b, n)
+        dy = dy.contiguous()
+        u = dt * x
+        a = torch.exp(dt[:, :, None, :] * A.t().contiguous())  # (L, b, n, e), contiguous like h and g
+        h = u[:, :, None, :] * B[..., None]  # the input terms, turned into the states in place
+        for t in range(1, len(h)):
+            h[t].addcmul_(a[t], h[t - 1])
+        g = C[..., None] * dy[:, :, None, :]
+        for t in range(len(g) - 2, -1, -1):
+            g[t].addcmul_(a[t + 1], g[t + 1])
+        # The contractions over e and n as batched matmuls over (time x batch) on contiguous memory.
+        Lb, n, e = len(x) * x.shape[1], A.shape[1], A.shape[0]
+        dC = torch.bmm(h.view(Lb, n, e), dy.reshape(Lb, e, 1)).view_as(C)
+        du = torch.bmm(B.reshape(Lb, 1, n), g.view(Lb, n, e)).view_as(x)
+        dB = torch.bmm(g.view(Lb, n, e), u.reshape(Lb, e, 1)).view_as(B)
+        # d(dt A)_t = g_t h_{t-1} a_t, reusing a's memory (h_{-1} = 0).
+        dz = a.mul_(g)
+        dz[1:].mul_(h[:-1])
+        dz[0].zero_()
+        ddt = du * x
+        for k in range(n):  # + sum_n dz[.., n, e] A[e, n], one contiguous slice at a time
+            ddt.addcmul_(dz[:, :, k], A[:, k])
+        # dA[e, n] = sum over (time, batch) of dz dt: a matrix-vector product with ones.
+        dz.mul_(dt[:, :, None, :])
+        dA = torch.mm(dz.new_ones(1, Lb), dz.view(Lb, n * e)).view(n, e).t()
+        return du * dt, ddt, dA, dB, dC, None
+
+
 def chunked_mixer_forward(self, hidden_states, cache_params=None, attention_mask=None, **kwargs):
-    """`MambaMixer.forward` for cache-free inference with `selective_scan_chunked`. Bound to a
+    """`MambaMixer.forward` without a cache, on `selective_scan_chunked` (`SelectiveScan` when a
+    gradient is wanted). Bound to a
     mixer instance (`bind_chunked_scan`). Computes what transformers' torch path computes, step by
     step, including where the attention mask zeroes pads (before in_proj and after the conv), but
     time-major throughout: every elementwise op then runs on contiguous memory (on (batch, d_inner,
@@ -109,7 +153,11 @@ def chunked_mixer_forward(self, hidden_states, cache_params=None, attention_mask
         dt = F.softplus(dt.to(f) + self.dt_proj.bias.to(f))
         A = -torch.exp(self.A_log.to(f))
         x = x.to(f)
-        y = selective_scan_chunked(x, dt, A, B.to(f), C.to(f), self.scan_chunk_size)
+        B, C = B.to(f), C.to(f)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (x, dt, A, B, C)):  # training
+            y = SelectiveScan.apply(x, dt, A, B, C, self.scan_chunk_size)
+        else:
+            y = selective_scan_chunked(x, dt, A, B, C, self.scan_chunk_size)
         y = y.addcmul_(x, self.D.to(f)).mul_(F.silu(gate.to(f)))
     return self.out_proj(y.to(dtype)).transpose(0, 1)
 
@@ -192,6 +240,11 @@ class MambaEncoder(Encoder):
                                 expand=cfg.expand, intermediate_size=cfg.intermediate_size, state_size=cfg.state_size,
                                 conv_kernel=cfg.conv_kernel, time_step_rank=cfg.time_step_rank,
                                 vocab_size=cfg.vocab_size, source=source)
+
+    def save_pretrained(self, directory) -> None:
+        """A directory `encoders.load("mamba", checkpoint=directory)` reloads: backbone and tokenizer."""
+        self.model.save_pretrained(str(directory))
+        self.tokenizer.save_pretrained(str(directory))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         # Right padding: real tokens never see the pads after them. Without pads, skip the mask.

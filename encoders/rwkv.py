@@ -183,6 +183,11 @@ class RwkvEncoder(Encoder):
             return "wkv cuda kernel (transformers, kernels-community/rwkv)"
         return f"torch recurrence {self.device.type} (transformers rwkv_linear_attention_cpu)"
 
+    def save_pretrained(self, directory) -> None:
+        """A directory `encoders.load("rwkv", checkpoint=directory)` reloads: backbone and tokenizer."""
+        self.model.save_pretrained(str(directory))
+        self.tokenizer.save_pretrained(str(directory))
+
     # -- forward --------------------------------------------------------------------------------
     def wkv(self, att, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         from transformers.models.rwkv import modeling_rwkv as hf

@@ -167,3 +167,26 @@ def test_parameter_counts_and_flops():
     assert 0 < extra < 0.2 * g.flops_per_token(256)
     assert g.flops_per_token(4096) == g.flops_per_token(256)
     assert g.is_causal
+
+
+def test_chunk_mode_trains_through_the_recurrent_form(monkeypatch):
+    """The chunked form writes in place (no autograd); with a gradient wanted the layer runs the
+    step-by-step form: outputs close to inference's chunked ones, gradients those of mode="recurrent"."""
+    fast, slow = tiny(mode="chunk"), tiny(mode="recurrent")
+    ids = torch.randint(1000, 30000, (2, 37))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        inference = fast(ids, mask)
+    weights = torch.randn_like(inference)
+    out = fast(ids, mask)
+    assert (out.detach() - inference).abs().max() < 1e-4
+    got = torch.autograd.grad((out * weights).sum(), list(fast.parameters()), allow_unused=True)
+    want = torch.autograd.grad((slow(ids, mask) * weights).sum(), list(slow.parameters()), allow_unused=True)
+    for (name, _), g, w in zip(fast.named_parameters(), got, want):
+        assert (g is None) == (w is None), name
+        if g is not None:
+            assert torch.equal(g, w), name
+    # Inference stays on the chunked form.
+    monkeypatch.setattr(gla, "naive_recurrent_gla", None)
+    with torch.no_grad():
+        assert torch.equal(fast(ids, mask), inference)
