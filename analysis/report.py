@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +20,8 @@ import numpy as np
 import pandas as pd
 
 from . import errors, pareto, plots, sensitivity
+from benchmarks.results import atomic_dir
+
 from .load import AnalysisError, Results, find_dataset_texts, latest_per_config, load_results
 
 
@@ -236,21 +236,8 @@ def build_report(results_dir, out, overwrite: bool = False, **options) -> Path:
     res = load_results(results_dir)
     for problem in res.problems:
         print(f"warning: skipped run {problem}", file=sys.stderr)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:  # an existing report is replaced whole (checked above: empty, or --overwrite)
         write_report(res, tmp, **options)
-        if out.exists():  # empty, or --overwrite: swap, then delete the old report
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

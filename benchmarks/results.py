@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -47,28 +48,36 @@ def check_target(target: Path, overwrite: bool) -> None:
         raise ResultsError(f"results already exist at {target}; choose another --run-id or pass --overwrite")
 
 
-def write_run(target: Path, summary: dict, per_query: pd.DataFrame, run: dict[str, dict[str, float]],
-              run_tag: str, overwrite: bool = False) -> Path:
-    check_target(target, overwrite)
+@contextmanager
+def atomic_dir(target: Path):
+    """Yield a temporary directory beside `target`; when the block completes it replaces `target` as a
+    whole (an existing one is moved aside to `.<name>.old`, then deleted), when it fails it is removed.
+    So readers see the old directory or the new one, never a half-written one."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        yield tmp
+        old = target.with_name(f".{target.name}.old")
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_run(target: Path, summary: dict, per_query: pd.DataFrame, run: dict[str, dict[str, float]],
+              run_tag: str, overwrite: bool = False) -> Path:
+    check_target(target, overwrite)
+    with atomic_dir(target) as tmp:
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         per_query.to_csv(tmp / "per_query.csv", float_format="%.6f")
         with open(tmp / "run.trec", "w") as f:
             for qid, docs in run.items():
                 for rank, (did, score) in enumerate(docs.items(), 1):
                     f.write(f"{qid} Q0 {did} {rank} {score:.6f} {run_tag}\n")
-        if target.exists():  # --overwrite: swap, then delete the old run
-            old = target.with_name(f".{target.name}.old")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

@@ -34,9 +34,7 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,7 +48,7 @@ from encoders import EncoderError
 
 from .cache import EmbeddingCache
 from .data import DataError, load_dataset
-from .results import environment, slug
+from .results import atomic_dir, environment, slug
 
 
 class TrainError(Exception):
@@ -229,21 +227,10 @@ def token_embeddings(encoder) -> torch.nn.Embedding:
 def write_checkpoint(out: Path, student, state: dict, meta: dict) -> None:
     """Model + trainer state + training.json, replacing `out` as a whole: a kill mid-save leaves the
     previous checkpoint (as `out`, or as `.out.old` during the swap, which --resume picks up)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         student.save_pretrained(tmp)  # loadable by encoders.load(name, checkpoint=out)
         torch.save(state, tmp / STATE_FILE)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
-        old = out.with_name(f".{out.name}.old")
-        if out.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def read_meta(out: Path) -> dict | None:
