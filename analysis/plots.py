@@ -87,6 +87,7 @@ def place_labels(ax, xs, ys, texts, fontsize: float = 7) -> int:
                               arrowprops=dict(arrowstyle="-", color="0.55", lw=0.6, shrinkA=0, shrinkB=4))
             ann.update_positions(renderer)  # an annotation places its text only when drawn
             box = Text.get_window_extent(ann, renderer)  # the text only, not its connector line
+            box = Bbox.from_extents(box.x0 - 3, box.y0 - 1, box.x1 + 3, box.y1 + 1)  # a gap between labels
             inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
             if inside and not any(box.overlaps(b) for b in placed):
                 placed.append(box)
