@@ -118,3 +118,14 @@ def test_bad_sweep_file_one_line_and_nothing_written(tiny_dataset, tmp_path, cap
 def test_missing_sweep_file(tmp_path, capsys):
     assert main([str(tmp_path / "nope.yaml")]) == 2
     assert "cannot read the sweep file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["archaeology.yaml", "position.yaml", "trained.yaml"])
+def test_shipped_sweep_files_parse(name):
+    if not os.environ.get("BEIR_DATA_DIR"):
+        pytest.skip("the shipped sweeps run on SciFact: set BEIR_DATA_DIR")
+    sweep = load_sweep(REPO / "benchmarks" / "configs" / name)
+    assert sweep.points and all(p.dataset == "scifact" and p.run_id == sweep.name for p in sweep.points)
+    if name == "archaeology.yaml":  # six architectures x 8 conditions + BM25 x 5 (no pruning of BM25)
+        assert len(sweep.points) == 6 * 8 + 5
+        assert {p.encoder for p in sweep.points} == {"bert", "mamba", "rwkv", "hyena", "retnet", "gla", "bm25"}
