@@ -43,7 +43,7 @@ def point_label(row) -> str:
     """Variant / pruning level / dtype, short, for a point on the plot."""
     parts = [row["model"]]
     if pd.notna(row.get("prune_sparsity")):
-        parts.append(f"p{row['prune_sparsity']:g}")
+        parts.append(f"p{row['prune_sparsity']:g}" + (" act" if row.get("prune_criterion") == "activation" else ""))
     if row.get("dtype") and row["dtype"] != "float32":
         parts.append({"bfloat16": "bf16", "float16": "fp16"}.get(row["dtype"], row["dtype"]))
     return " ".join(p for p in parts if p)

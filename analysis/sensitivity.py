@@ -45,7 +45,13 @@ def plot_pruning(runs: pd.DataFrame, out_dir, floor: float = FLOOR, name: str = 
     keys = pruned["base_key"].unique()
     data = rel[rel["base_key"].isin(keys) & rel["kind"].isin(["clean", "prune"])].copy()
     data["sparsity"] = data["prune_sparsity"].fillna(0.0).astype(float)
-    data = data.groupby(["base_key", "sparsity"], as_index=False).agg(
+    # One line per pruning criterion (magnitude, activation), each starting at the model's clean run.
+    data["criterion"] = data["prune_criterion"].fillna("magnitude")
+    is_prune = data["kind"] == "prune"
+    lines = data[is_prune][["base_key", "criterion"]].drop_duplicates()
+    clean_rows = data[~is_prune].drop(columns="criterion").merge(lines, on="base_key")
+    data = pd.concat([data[is_prune], clean_rows], ignore_index=True)
+    data = data.groupby(["base_key", "criterion", "sparsity"], as_index=False).agg(
         dataset=("dataset", "first"), model=("model", "first"), arch=("arch", "first"), dtype=("dtype", "first"),
         name=("name", "first"), ndcg=("ndcg@10", "mean"), clean=("clean", "first"), relative=("relative", "mean"),
         flagged=("flagged", "first"), realised=("prune_realised", "mean"), params=("params", "mean"))
@@ -54,13 +60,14 @@ def plot_pruning(runs: pd.DataFrame, out_dir, floor: float = FLOOR, name: str = 
     top = max(1.1, good.max() * 1.05) if len(good) else 1.5
     fig, (ax_s, ax_p) = plots.subplots(2, width=6.0, height=4.2, ncols=2)
     styles = plots.model_styles(data)
-    for key, g in data.groupby("base_key", sort=True):
+    for (key, criterion), g in data.groupby(["base_key", "criterion"], sort=True):
         g = g.sort_values("sparsity")
         flagged = bool(g["flagged"].iloc[0])
         color, marker, ls = styles[g["name"].iloc[0]]
+        ls = ls if criterion == "magnitude" else "--"
         color, ls = ("0.6", ":") if flagged else (color, ls)
         y = g["relative"].clip(upper=top) if flagged else g["relative"]  # keep a flagged ~0/0 ratio on the axes
-        label = model_name(g.iloc[0], flagged, many)
+        label = model_name(g.iloc[0], flagged, many) + ("" if criterion == "magnitude" else f" ({criterion})")
         z = 2 if flagged else 3  # flagged models behind the meaningful ones
         ax_s.plot(g["sparsity"], y, marker=marker, color=color, ls=ls, label=label, mec="black", mew=0.4, zorder=z)
         ax_p.plot(g["params"] / 1e6, y, marker=marker, color=color, ls=ls, label=label, mec="black", mew=0.4,
