@@ -235,7 +235,7 @@ def plot_truncation(runs: pd.DataFrame, out_dir, name: str = "truncation"):
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(ticks), [str(v) for v in sorted(ticks)])
         ax.minorticks_off()
-        ax.set_xlabel("document tokens kept (log scale; rightmost point: clean run at its max_length)")
+        ax.set_xlabel("document tokens kept (log scale)\nrightmost point: the clean run at its max_length")
         ax.set_ylabel("NDCG@10")
         ax.set_ylim(0, None)
         ax.set_title(f"{dataset}: solid = keep the head, dashed = keep the tail")
