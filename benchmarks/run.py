@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import encoders
 from encoders import EncoderError
@@ -70,16 +71,12 @@ class RunResult:
 
 
 def resolve_device(device: str) -> str:
-    import torch
-
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
 
 
 def set_seed(seed: int) -> None:
-    import torch
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -241,20 +238,18 @@ def run_benchmark(cfg: RunConfig) -> RunResult:
 
     if lexical:
         lat = retriever.query_latency(query_texts, n=cfg.latency_queries, top_k=cfg.top_k)
-        device = None
+        device = torch.device("cpu")
     else:
         lat = latency.query_latency(retriever, query_texts, n=cfg.latency_queries)
         device = retriever.device
-    import torch
-
     timings.update(model_load_s=load_s, retrieval_s=retrieval_s, query_latency=lat,
-                   **latency.peak_memory(device or torch.device("cpu")), total_s=time.perf_counter() - start)
+                   **latency.peak_memory(device), total_s=time.perf_counter() - start)
     summary = dict(
         run_id=run_id, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), dataset=ds.describe(), metrics=aggregates,
         perturbation=dict(name=perturbation.name, slug=perturbation.slug, steps=steps),
         retrieval=search_stats,
         encoder=describe_retriever(retriever, None if lexical else int(retriever.embedding_dim)),
-        config=asdict(cfg), timings=timings, environment=environment(device or torch.device("cpu")),
+        config=asdict(cfg), timings=timings, environment=environment(device),
     )
     write_run(target, summary, per_query, run, run_tag=encoder_tag(retriever), overwrite=cfg.overwrite)
     return RunResult(target, summary, per_query, run)
