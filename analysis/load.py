@@ -90,6 +90,7 @@ def _derive(row: dict, summary: dict) -> dict:
     variant = row.get("label") or row.get("preset") or (Path(str(row["checkpoint"])).name if row.get("checkpoint") else "")
     bi = f" bi-{cfg['bidirectional']}" if cfg.get("bidirectional") else ""
     variant = "" if variant == row["encoder"] else variant  # bm25's label is "bm25"
+    variant = variant.removeprefix(f"{row['encoder']}-")  # checkpoint "mamba-small-..." -> "mamba small-..."
     row["model"] = f"{row['encoder']} {variant}{bi}".strip()
     dtype = {"float32": "", "bfloat16": " bf16", "float16": " fp16"}.get(row.get("dtype"), f" {row.get('dtype')}")
     row["name"] = row["model"] + dtype  # the model as a plot legend names it
@@ -105,13 +106,19 @@ def _derive(row: dict, summary: dict) -> dict:
     return row
 
 
-def load_results(results_dir: str | Path) -> Results:
+def load_results(results_dir: str | Path, run_ids: list[str] | None = None) -> Results:
+    """Every run under results_dir; with run_ids, only the runs with one of those run ids (a sweep's
+    runs carry the sweep's name as run id)."""
     root = Path(results_dir)
     if not root.is_dir():
         raise AnalysisError(f"results directory {root} does not exist")
     dirs = run_dirs(root)
     if not dirs:
         raise AnalysisError(f"no runs under {root} (no <dataset>/<encoder>/.../summary.json found)")
+    if run_ids:
+        dirs = [d for d in dirs if d.name in run_ids]
+        if not dirs:
+            raise AnalysisError(f"no runs under {root} with run id {', '.join(run_ids)}")
     rows, frames, summaries, problems = [], [], {}, []
     for d in dirs:
         try:

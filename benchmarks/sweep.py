@@ -1,6 +1,6 @@
 """A resumable grid of runs: encoders x datasets x perturbations, from one YAML file.
 
-    python -m benchmarks.sweep benchmarks/configs/archaeology.yaml [--dry-run] [--quiet]
+    python -m benchmarks.sweep benchmarks/configs/archaeology.yaml [--dry-run] [--quiet] [--perturbations clean]
 
 ```yaml
 name: archaeology                  # the run id of every run: results/<dataset>/<tag>/<perturbation>/<name>
@@ -148,6 +148,18 @@ def remove_partial(sweep: Sweep) -> int:
     return len(stale)
 
 
+def select_perturbations(sweep: Sweep, specs: list[str], path) -> Sweep:
+    """The part of the grid under these perturbations (each must be in the grid)."""
+    try:
+        wanted = [perturbations.parse(s.strip()).name for s in specs]
+    except perturbations.PerturbationError as e:
+        raise SweepError(f"--perturbations: {e}") from None
+    missing = sorted(set(wanted) - {c.perturbation for c in sweep.points})
+    if missing:
+        raise SweepError(f"--perturbations: {', '.join(missing)} not in the grid of {path}")
+    return Sweep(sweep.name, sweep.output_dir, [c for c in sweep.points if c.perturbation in wanted])
+
+
 def describe(cfg: RunConfig) -> str:
     what = cfg.checkpoint or cfg.preset or "default"
     return f"{cfg.encoder}({what}) {cfg.dataset} {cfg.perturbation}"
@@ -157,9 +169,17 @@ def run_sweep(sweep: Sweep, show_progress: bool = True, dry_run: bool = False) -
     done = completed(sweep)
     todo = [c for c in sweep.points if identity(c) not in done]
     if dry_run:
+        seconds = 0.0
         for c in sweep.points:
-            print(("done " if identity(c) in done else "todo ") + describe(c))
-        return dict(total=len(sweep.points), skipped=len(sweep.points) - len(todo), ran=0, failed=[])
+            line = ("done " if identity(c) in done else "todo ") + describe(c)
+            if identity(c) in done:
+                took = json.loads((done[identity(c)] / "summary.json").read_text())["timings"]["total_s"]
+                seconds += took
+                line += f"  ({took:.0f} s)"
+            print(line)
+        print(f"{len(sweep.points) - len(todo)} of {len(sweep.points)} runs complete; their recorded run times "
+              f"(summary.json timings.total_s) add up to {seconds / 3600:.2f} h")
+        return dict(total=len(sweep.points), skipped=len(sweep.points) - len(todo), ran=0, failed=[], seconds=seconds)
     removed = remove_partial(sweep)
     if removed:
         print(f"removed {removed} partial run director{'y' if removed == 1 else 'ies'} of an interrupted sweep")
@@ -190,9 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-dir", help="override the file's output_dir")
     p.add_argument("--dry-run", action="store_true", help="list the runs and which are complete; run nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--perturbations", help="only this part of the grid, e.g. clean,prune:0.5 (comma-separated)")
     args = p.parse_args(argv)
     try:
         sweep = load_sweep(args.config, args.output_dir)
+        if args.perturbations:
+            sweep = select_perturbations(sweep, args.perturbations.split(","), args.config)
         outcome = run_sweep(sweep, show_progress=not args.quiet, dry_run=args.dry_run)
     except (SweepError, *USER_ERRORS) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -461,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.train", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", help="a YAML plan of several students (the options below are then ignored)")
+    p.add_argument("--only", help="with --config: train only these encoders of the plan (comma-separated), "
+                                  "e.g. to split a plan across processes")
     p.add_argument("--resume", action="store_true", help="continue the run in the checkpoint directory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     defaults = TrainConfig()
@@ -488,6 +490,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.config:
             plan = load_plan(args.config)
+            if args.only:
+                wanted = args.only.split(",")
+                unknown = sorted(set(wanted) - {cfg.encoder for cfg in plan})
+                if unknown:
+                    raise TrainError(f"{args.config}: --only names encoders not in the plan: {', '.join(unknown)}")
+                plan = [cfg for cfg in plan if cfg.encoder in wanted]
             if args.quiet:
                 for cfg in plan:
                     cfg.show_progress = False

@@ -167,6 +167,20 @@ def test_load_tidy_frames(tmp_path):
     assert pruned["params"] == int(22_700_000 * 0.75) and pruned["prune_realised"] == pytest.approx(0.485)
 
 
+def test_load_selects_run_ids_and_names_checkpoints(tmp_path):
+    results = fabricate(tmp_path / "results")
+    # A trained student, evaluated by a sweep named "trained": its checkpoint directory names the model.
+    d = fabricate_run(results, "scifact", "mamba", "mamba-small-scifact-distill20", "clean", 0.4, 8.0, run_id="trained")
+    summary = json.loads((d / "summary.json").read_text())
+    summary["config"].update(preset=None, checkpoint="results/checkpoints/mamba-small-scifact-distill20")
+    (d / "summary.json").write_text(json.dumps(summary))
+    res = load_results(results, run_ids=["trained"])
+    assert list(res.runs["model"]) == ["mamba small-scifact-distill20"] and len(res.per_query) == len(QUERIES)
+    assert len(load_results(results, run_ids=["r1", "trained"]).runs) == len(load_results(results).runs) - 1
+    with pytest.raises(AnalysisError, match="no runs under .* with run id nope"):
+        load_results(results, run_ids=["nope"])
+
+
 def test_report_on_fabricated_results(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("BEIR_DATA_DIR", raising=False)  # the fabricated runs' texts must not be found by name
     monkeypatch.chdir(tmp_path)  # (nor as ./data/scifact)

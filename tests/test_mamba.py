@@ -189,3 +189,20 @@ def test_encoder_trains_through_the_chunked_path(monkeypatch):
     monkeypatch.setattr(mamba.SelectiveScan, "apply", None)
     with torch.no_grad():
         assert torch.equal(enc(ids, mask), inference)
+
+
+def test_presets_use_mamba_ssm_initialisation(tiny):
+    """mamba-ssm's scales, not transformers' N(0, 0.1) for every Linear (see reference_init)."""
+    model, n_layer = tiny.model, tiny.model.config.num_hidden_layers
+    mixer = model.layers[0].mixer
+
+    def uniform_bound(w):  # nn.Linear / kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        return 1 / np.sqrt(w.shape[1] * np.prod(w.shape[2:], dtype=int))
+
+    for w, scale in ((mixer.in_proj.weight, 1), (mixer.x_proj.weight, 1), (mixer.out_proj.weight, 1 / np.sqrt(n_layer))):
+        bound = uniform_bound(w) * scale
+        assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound  # uniform on exactly that range
+    assert model.embeddings.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert tiny.arch_config["init"] == "mamba-ssm"
+    # transformers' own A and dt initialisation is kept: A_log = log(1..d_state) per channel.
+    assert torch.equal(mixer.A_log[0], torch.log(torch.arange(1, mixer.ssm_state_size + 1, dtype=torch.float32)))

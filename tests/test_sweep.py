@@ -129,3 +129,18 @@ def test_shipped_sweep_files_parse(name):
     if name == "archaeology.yaml":  # six architectures x 8 conditions + BM25 x 5 (no pruning of BM25)
         assert len(sweep.points) == 6 * 8 + 5
         assert {p.encoder for p in sweep.points} == {"bert", "mamba", "rwkv", "hyena", "retnet", "gla", "bm25"}
+
+
+def test_perturbations_option_runs_part_of_the_grid(tiny_dataset, tmp_path, capsys):
+    cfg = write_config(tmp_path, tiny_dataset.parent)
+    out = tmp_path / "results"
+    assert main([str(cfg), "--output-dir", str(out), "--dry-run", "--perturbations", "clean,token-shuffle"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == 5 and all(line.startswith("todo ") and "truncate" not in line for line in listed[:4])
+    assert listed[4] == "0 of 4 runs complete; their recorded run times (summary.json timings.total_s) add up to 0.00 h"
+    assert main([str(cfg), "--output-dir", str(out), "--perturbations", "truncate:head:8", "--quiet"]) == 0
+    assert [d.parent.name for d in run_dirs(out)] == ["truncate-head-8"]
+    # The part done counts as done for the whole grid.
+    assert run_sweep(load_sweep(cfg, str(out)), show_progress=False, dry_run=True)["skipped"] == 1
+    assert main([str(cfg), "--output-dir", str(out), "--perturbations", "prune:0.5"]) == 2
+    assert "prune:0.5 not in the grid" in capsys.readouterr().err
