@@ -191,3 +191,16 @@ def test_encoder_without_save_pretrained_is_refused(monkeypatch):
     monkeypatch.setitem(encoders._REGISTRY, "nosave", NoSave)
     with pytest.raises(T.TrainError, match="no save_pretrained"):
         T.check_config(T.TrainConfig(encoder="nosave", steps=1))
+
+
+def test_only_trains_part_of_a_plan(split_dataset, tmp_path, capsys):
+    plan_file = tmp_path / "plan.yaml"  # contrastive only: no teacher to load
+    plan_file.write_text(f"defaults: {{dataset: {split_dataset}, preset: tiny, steps: 1, max_length: 32, "
+                         f"batch_pairs: 2, batch_docs: 1, output_dir: {tmp_path / 'ckpt'}, cos_weight: 0, "
+                         "kl_weight: 0, init_embeddings: none}\nruns:\n  - {encoder: retnet}\n  - {encoder: gla}\n")
+    assert T.main(["--config", str(plan_file), "--only", "gla", "--quiet"]) == 0
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["gla-tiny-toy-distill"]
+    capsys.readouterr()
+    assert T.main(["--config", str(plan_file), "--only", "gla,mamba"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--only names encoders not in the plan: mamba" in err and err.count("\n") == 1
