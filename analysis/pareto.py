@@ -39,13 +39,16 @@ def aggregate_repeats(runs: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     return out.reset_index()
 
 
-def point_label(row) -> str:
+DTYPE_SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+
+
+def point_label(row, with_dtype: bool = True) -> str:
     """Variant / pruning level / dtype, short, for a point on the plot."""
     parts = [row["model"]]
     if pd.notna(row.get("prune_sparsity")):
         parts.append(f"p{row['prune_sparsity']:g}" + (" act" if row.get("prune_criterion") == "activation" else ""))
-    if row.get("dtype") and row["dtype"] != "float32":
-        parts.append({"bfloat16": "bf16", "float16": "fp16"}.get(row["dtype"], row["dtype"]))
+    if with_dtype and row.get("dtype") and row["dtype"] != "float32":
+        parts.append(DTYPE_SHORT.get(row["dtype"], row["dtype"]))
     return " ".join(p for p in parts if p)
 
 
@@ -84,12 +87,15 @@ def plot_frontier(runs: pd.DataFrame, x: str, out_dir, name: str, y: str = "ndcg
         ax.set_xlabel(title + (", better ←" if better == "lower" else ", better →"))
         ax.set_ylabel(f"{y.upper()} (higher is better)")
         ax.set_ylim(bottom=min(0, points[y].min()) - 0.02, top=max(points[y].max() * 1.1, 0.1))
-        ax.set_title(dataset)
+        # One dtype for every point: say it once in the title rather than on every label.
+        dtypes = points["dtype"].dropna().unique() if "dtype" in points else []
+        one_dtype = len(dtypes) == 1 and len(points["dtype"].dropna()) == len(points)
+        ax.set_title(dataset + (f" (all runs {DTYPE_SHORT.get(dtypes[0], dtypes[0])})" if one_dtype else ""))
         ax.grid(True, which="both", alpha=0.3)
         # Frontier labels first, so that those are the ones kept when labels would collide.
         order = points.assign(_front=points["config_key"].isin(front["config_key"])).sort_values("_front", ascending=False)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-        labels.append((ax, order[x], order[y], [point_label(r) for _, r in order.iterrows()]))
+        labels.append((ax, order[x], order[y], [point_label(r, with_dtype=not one_dtype) for _, r in order.iterrows()]))
     for args in labels:  # after every panel is drawn: the layout (and so label positions) is final
         omitted += plots.place_labels(*args)
     path = plots.save(fig, out_dir, name)

@@ -82,9 +82,13 @@ def place_labels(ax, xs, ys, texts, fontsize: float = 7) -> int:
         if not text:
             continue
         for dx, dy, ha, va in OFFSETS:
+            # The connector leaves from the text's corner nearest the point, not its centre: with long
+            # labels a centre-anchored line is long and crosses its neighbours.
+            relpos = ({"left": 0, "center": 0.5, "right": 1}[ha], {"bottom": 0, "top": 1}[va])
             ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
                               fontsize=fontsize, color="0.15",
-                              arrowprops=dict(arrowstyle="-", color="0.55", lw=0.6, shrinkA=0, shrinkB=4))
+                              arrowprops=dict(arrowstyle="-", color="0.55", lw=0.6, shrinkA=0, shrinkB=4,
+                                              relpos=relpos))
             ann.update_positions(renderer)  # an annotation places its text only when drawn
             box = Text.get_window_extent(ann, renderer)  # the text only, not its connector line
             box = Bbox.from_extents(box.x0 - 3, box.y0 - 1, box.x1 + 3, box.y1 + 1)  # a gap between labels

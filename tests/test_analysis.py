@@ -11,6 +11,7 @@ import pytest
 from analysis import report
 from analysis.errors import holm, paired_test
 from analysis.load import AnalysisError, load_results
+from analysis import pareto
 from analysis.pareto import pareto_frontier
 
 QUERIES = [f"q{i}" for i in range(40)]
@@ -149,6 +150,24 @@ def test_holm_known_values():
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert holm([0.5]) == pytest.approx([0.5])
     assert holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])  # capped at 1, order kept
+
+
+def test_frontier_labels_leave_out_a_dtype_every_point_shares(tmp_path, monkeypatch):
+    runs = load_results(fabricate(tmp_path / "results")).runs
+    figures = []
+    monkeypatch.setattr(pareto.plots, "save", lambda fig, out, name: figures.append(fig) or name)
+
+    def titles_and_labels(frame):
+        figures.clear()
+        pareto.plot_frontier(frame, "query_p50_ms", tmp_path, "f")
+        ax = figures[0].axes[0]
+        return ax.get_title(), [t.get_text() for t in ax.texts]
+
+    title, labels = titles_and_labels(runs)  # fp32 and bf16 runs mixed: the label says which
+    assert title == "scifact" and "bert all-MiniLM-L6-v2 bf16" in labels
+    title, labels = titles_and_labels(runs[runs["dtype"] == "bfloat16"])
+    assert title == "scifact (all runs bf16)" and "bert all-MiniLM-L6-v2" in labels
+    assert not any(label.endswith("bf16") for label in labels)
 
 
 # --- loading and the report -------------------------------------------------------------------------
