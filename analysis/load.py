@@ -106,9 +106,11 @@ def _derive(row: dict, summary: dict) -> dict:
     return row
 
 
-def load_results(results_dir: str | Path, run_ids: list[str] | None = None) -> Results:
+def load_results(results_dir: str | Path, run_ids: list[str] | None = None,
+                 perturbations: list[str] | None = None) -> Results:
     """Every run under results_dir; with run_ids, only the runs with one of those run ids (a sweep's
-    runs carry the sweep's name as run id)."""
+    runs carry the sweep's name as run id); with perturbations, only runs under one of those (e.g.
+    ["clean"]). A name that matches no run is an error, so that a typo does not thin a report silently."""
     root = Path(results_dir)
     if not root.is_dir():
         raise AnalysisError(f"results directory {root} does not exist")
@@ -135,6 +137,16 @@ def load_results(results_dir: str | Path, run_ids: list[str] | None = None) -> R
     runs["perturbation"] = runs["perturbation"].fillna("clean")
     runs["created"] = pd.to_datetime(runs["created"], errors="coerce", utc=True)
     per_query = pd.concat(frames, ignore_index=True)
+    if perturbations:
+        found = set(runs["perturbation"])
+        missing = [p for p in perturbations if p not in found]
+        if missing:
+            raise AnalysisError(f"no runs with perturbation {', '.join(missing)} under {root}"
+                                f"{' with run id ' + ', '.join(run_ids) if run_ids else ''}; "
+                                f"found: {', '.join(sorted(found))}")
+        runs = runs[runs["perturbation"].isin(perturbations)]
+        per_query = per_query[per_query["path"].isin(runs["path"])].reset_index(drop=True)
+        summaries = {path: summaries[path] for path in runs["path"]}
     return Results(root, runs.reset_index(drop=True), per_query, summaries, problems)
 
 

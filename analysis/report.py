@@ -227,13 +227,14 @@ def write_report(res: Results, out: Path, reference: str = "bert", floor: float 
     (out / "report.md").write_text("\n".join(md))
 
 
-def build_report(results_dir, out, overwrite: bool = False, run_ids: list[str] | None = None, **options) -> Path:
+def build_report(results_dir, out, overwrite: bool = False, run_ids: list[str] | None = None,
+                 perturbations: list[str] | None = None, **options) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise AnalysisError(f"--out {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise AnalysisError(f"--out {out} exists and is not empty; choose another --out or pass --overwrite")
-    res = load_results(results_dir, run_ids)
+    res = load_results(results_dir, run_ids, perturbations)
     for problem in res.problems:
         print(f"warning: skipped run {problem}", file=sys.stderr)
     with atomic_dir(out) as tmp:  # an existing report is replaced whole (checked above: empty, or --overwrite)
@@ -248,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="report directory (default: <results>/report)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
     p.add_argument("--run-id", help="only runs with these run ids, comma-separated (a sweep's runs carry its name)")
+    p.add_argument("--perturbations", help="only runs under these perturbations, comma-separated (e.g. clean)")
     p.add_argument("--reference", default="bert", help="encoder name, tag or model the error analysis compares against")
     p.add_argument("--floor", type=float, default=sensitivity.FLOOR,
                    help="clean NDCG@10 below which a relative score is flagged as meaningless")
@@ -259,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             raise AnalysisError(f"--resamples must be at least 99, got {args.resamples}")
         out = build_report(args.results, args.out or Path(args.results) / "report", overwrite=args.overwrite,
                            run_ids=args.run_id.split(",") if args.run_id else None,
+                           perturbations=args.perturbations.split(",") if args.perturbations else None,
                            reference=args.reference, floor=args.floor, resamples=args.resamples, seed=args.seed)
     except AnalysisError as e:
         print(f"error: {e}", file=sys.stderr)

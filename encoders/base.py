@@ -49,10 +49,19 @@ def packaged_minilm_path() -> Path:
 
 def load_tokenizer(name_or_path: str | Path | None = None):
     """A Hugging Face fast tokenizer; default: the BERT WordPiece tokenizer of the packaged MiniLM."""
-    from transformers import AutoTokenizer
+    import transformers
+    from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
     name_or_path = str(name_or_path or packaged_minilm_path())
     try:
+        # A local directory that names its tokenizer class gets that class directly: AutoTokenizer
+        # would read config.json too, and warn about every model type transformers does not know
+        # (our hyena-encoder; fla's retnet and gla without fla installed).
+        local_config = Path(name_or_path) / "tokenizer_config.json"
+        if local_config.is_file():
+            cls = getattr(transformers, json.loads(local_config.read_text()).get("tokenizer_class") or "", None)
+            if isinstance(cls, type) and issubclass(cls, PreTrainedTokenizerBase):
+                return cls.from_pretrained(name_or_path)
         return AutoTokenizer.from_pretrained(name_or_path)
     except Exception as e:  # transformers raises OSError, ValueError, HFValidationError...
         raise EncoderError(f"tokenizer {name_or_path!r} does not load: {_first_line(e)}") from None

@@ -200,6 +200,18 @@ def test_load_selects_run_ids_and_names_checkpoints(tmp_path):
         load_results(results, run_ids=["nope"])
 
 
+def test_load_selects_perturbations(tmp_path):
+    results = fabricate(tmp_path / "results")
+    everything = load_results(results)
+    clean = load_results(results, perturbations=["clean"])
+    assert set(clean.runs["perturbation"]) == {"clean"} and len(clean.runs) == (everything.runs["kind"] == "clean").sum()
+    assert set(clean.per_query["path"]) == set(clean.runs["path"]) == set(clean.summaries)
+    two = load_results(results, perturbations=["clean", "prune:0.5"])
+    assert set(two.runs["perturbation"]) == {"clean", "prune:0.5"}
+    with pytest.raises(AnalysisError, match="no runs with perturbation prune:0.55 .*found: .*prune:0.5"):
+        load_results(results, perturbations=["clean", "prune:0.55"])
+
+
 def test_report_on_fabricated_results(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("BEIR_DATA_DIR", raising=False)  # the fabricated runs' texts must not be found by name
     monkeypatch.chdir(tmp_path)  # (nor as ./data/scifact)

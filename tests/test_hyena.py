@@ -82,11 +82,19 @@ def test_padding_invariance(pooling):
     np.testing.assert_allclose(batched, alone, atol=1e-5)
 
 
-def test_save_and_reload_is_identical(tiny, tmp_path):
+def test_save_and_reload_is_identical(tiny, tmp_path, capsys, caplog):
     tiny.save_pretrained(tmp_path / "ckpt")
     cfg = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     assert cfg["model_type"] == "hyena-encoder" and cfg["hidden_size"] == 64
-    loaded = encoders.load("hyena", checkpoint=str(tmp_path / "ckpt"), show_progress=False)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_propagation()  # so that caplog sees transformers' warnings
+    try:
+        loaded = encoders.load("hyena", checkpoint=str(tmp_path / "ckpt"), show_progress=False)
+    finally:
+        hf_logging.disable_propagation()
+    # The tokenizer loads by its own class: no transformers warning about an unknown model type.
+    assert "model of type" not in caplog.text + capsys.readouterr().err
     assert loaded.weights_digest() == tiny.weights_digest()
     assert loaded.label == "ckpt" and loaded.arch_config["order"] == 2
     np.testing.assert_allclose(loaded.encode(TEXTS), tiny.encode(TEXTS), atol=1e-6)
