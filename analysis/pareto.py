@@ -88,8 +88,8 @@ def plot_frontier(runs: pd.DataFrame, x: str, out_dir, name: str, y: str = "ndcg
         ax.set_ylabel(f"{y.upper()} (higher is better)")
         ax.set_ylim(bottom=min(0, points[y].min()) - 0.02, top=max(points[y].max() * 1.1, 0.1))
         # One dtype for every point: say it once in the title rather than on every label.
-        dtypes = points["dtype"].dropna().unique() if "dtype" in points else []
-        one_dtype = len(dtypes) == 1 and len(points["dtype"].dropna()) == len(points)
+        dtypes = points["dtype"].unique()
+        one_dtype = len(dtypes) == 1 and pd.notna(dtypes[0])
         ax.set_title(dataset + (f" (all runs {DTYPE_SHORT.get(dtypes[0], dtypes[0])})" if one_dtype else ""))
         ax.grid(True, which="both", alpha=0.3)
         # Frontier labels first, so that those are the ones kept when labels would collide.

@@ -8,10 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import report
+from analysis import pareto, plots, report
 from analysis.errors import holm, paired_test
 from analysis.load import AnalysisError, load_results
-from analysis import pareto
 from analysis.pareto import pareto_frontier
 
 QUERIES = [f"q{i}" for i in range(40)]
@@ -168,6 +167,25 @@ def test_frontier_labels_leave_out_a_dtype_every_point_shares(tmp_path, monkeypa
     title, labels = titles_and_labels(runs[runs["dtype"] == "bfloat16"])
     assert title == "scifact (all runs bf16)" and "bert all-MiniLM-L6-v2" in labels
     assert not any(label.endswith("bf16") for label in labels)
+
+
+def test_label_connectors_leave_from_the_corner_nearest_the_point():
+    fig, (ax,) = plots.subplots(1)
+    xs, ys = [1, 2, 3, 4], [1, 3, 2, 4]
+    ax.plot(xs, ys, "o")
+    ax.set_xlim(0, 5), ax.set_ylim(0, 5)
+    assert plots.place_labels(ax, xs, ys, ["a long label for one point", "two", "three", "four"]) == 0
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ann in ax.texts:
+        start = ann.arrow_patch.get_path().vertices[0]  # display coordinates, once drawn
+        box = plots.Text.get_window_extent(ann, renderer)
+        point = ax.transData.transform(ann.xy)
+        corners = [(x, y) for x in (box.x0, box.x1) for y in (box.y0, box.y1)]
+        nearest = min(corners, key=lambda c: np.hypot(c[0] - point[0], c[1] - point[1]))
+        # Within a few pixels of that corner (the text box has a little padding), not at the centre.
+        assert np.hypot(start[0] - nearest[0], start[1] - nearest[1]) < 6 < box.width / 2, ann.get_text()
+    plots.plt.close("all")
 
 
 # --- loading and the report -------------------------------------------------------------------------
