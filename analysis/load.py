@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.data import DataError, Dataset, load_dataset
-from benchmarks.table import run_dirs, summary_row
+from benchmarks.pipeline.data import DataError, Dataset, load_dataset
+from benchmarks.pipeline.table import run_dirs, summary_row
 
 INPUT_COLUMNS = ("shuffle", "truncate_side", "pad_side")
 

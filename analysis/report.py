@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from . import errors, pareto, plots, sensitivity
-from benchmarks.results import atomic_dir
+from benchmarks.pipeline.results import atomic_dir
 
 from .load import AnalysisError, Results, find_dataset_texts, latest_per_config, load_results
 

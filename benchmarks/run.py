@@ -22,12 +22,14 @@ import torch
 import encoders
 from encoders import EncoderError
 
-from . import index, latency, metrics, perturbations
-from .bm25 import BM25Retriever
-from .cache import EmbeddingCache
-from .data import DataError, Dataset, load_dataset
+from . import perturbations
+from .pipeline import index, metrics
+from .pipeline import measure as latency
+from .pipeline.bm25 import BM25Retriever
+from .pipeline.cache import EmbeddingCache
+from .pipeline.data import DataError, Dataset, load_dataset
 from .perturbations import PerturbationError
-from .results import ResultsError, environment, new_run_id, run_dir, check_target, write_run
+from .pipeline.results import ResultsError, environment, new_run_id, run_dir, check_target, write_run
 
 USER_ERRORS = (DataError, EncoderError, ResultsError, PerturbationError)
 LEXICAL = ("bm25",)  # retrievers that are not dense encoders; same runner, same results layout

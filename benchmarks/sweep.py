@@ -35,9 +35,9 @@ from tqdm.auto import tqdm
 import encoders
 
 from . import perturbations
-from .data import find_dataset
+from .pipeline.data import find_dataset
 from .run import LEXICAL, USER_ERRORS, RunConfig, run_benchmark
-from .table import write_table
+from .pipeline.table import write_table
 
 SWEEP_SET = ("dataset", "perturbation", "run_id", "output_dir", "overwrite")  # set by the sweep, not by entries
 # Fields that do not change what a run computes: not part of its identity.

@@ -16,6 +16,7 @@ import torch
 from . import register_encoder
 from .base import (PRESETS, Encoder, EncoderError, _first_line, checkpoint_label, load_hf_config, load_tokenizer,
                    packaged_minilm_path, resolve_preset)
+from .pruning import Group, PruningError, linear_slices, register_pruner, units
 
 # Encoder-only families AutoModel maps to a bidirectional transformer.
 BERT_FAMILY = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet", "deberta", "deberta-v2",
@@ -147,3 +148,27 @@ class BertEncoder(Encoder):
         # hidden_size unless structured pruning removed heads; BERT-style self-attention records it.
         width = sum(m.all_head_size for m in self.model.modules() if hasattr(m, "all_head_size"))
         return super().flops_per_token(seq_len) + 4.0 * seq_len * (width or cfg.hidden_size * cfg.num_hidden_layers)
+
+
+# -- structured pruning (encoders/pruning.py): the structures this architecture has ----------
+@register_pruner(BertEncoder)
+def bert_groups(encoder: BertEncoder) -> list[Group]:
+    layers = getattr(getattr(encoder.model, "encoder", None), "layer", None)
+    if layers is None or not all(hasattr(getattr(l.attention, "self", None), "query") for l in layers):
+        raise PruningError(f"pruning supports BERT-style layers (BERT, RoBERTa, ELECTRA, ...); "
+                                f"model_type {encoder.model.config.model_type!r} is laid out differently")
+    groups = []
+    for layer in layers:
+        att, out = layer.attention.self, layer.attention.output.dense
+        heads = units(att.num_attention_heads, att.attention_head_size)
+
+        def resize_heads(kept, att=att):
+            att.num_attention_heads = len(kept)
+            att.all_head_size = len(kept) * att.attention_head_size  # flops_per_token reads it
+
+        groups.append(Group("attention_heads", linear_slices([att.query, att.key, att.value], [out], heads),
+                            out, heads, resize_heads))
+        up, down = layer.intermediate.dense, layer.output.dense
+        ffn = units(up.out_features)
+        groups.append(Group("ffn_channels", linear_slices([up], [down], ffn), down, ffn))
+    return groups

@@ -27,6 +27,7 @@ from torch import nn
 
 from . import register_encoder
 from .base import PRESETS, Encoder, EncoderError, checkpoint_label, checkpoint_tokenizer, resolve_preset
+from .pruning import Group, gated_mlp_group, head_groups, register_pruner
 from .blocks import MixerModel, gated_mlp_size, read_fla_checkpoint, save_fla_checkpoint
 
 MODES = ("chunk", "recurrent", "fla")
@@ -350,3 +351,9 @@ class GLAEncoder(Encoder):
         intra = 0.0 if self.mode == "recurrent" else C * (K + V)
         per_layer = 2.0 * (intra + 2 * K * V / H)
         return super().flops_per_token(seq_len) + per_layer * len(self.model.layers)
+
+
+# -- structured pruning (encoders/pruning.py): the structures this architecture has ----------
+@register_pruner(GLAEncoder)
+def gla_groups(encoder: GLAEncoder) -> list[Group]:
+    return [g for layer in encoder.model.layers for g in (head_groups(layer.attn), gated_mlp_group(layer.mlp))]

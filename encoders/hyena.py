@@ -31,6 +31,7 @@ from torch import nn
 
 from . import register_encoder
 from .base import PRESETS, Encoder, EncoderError, _first_line, checkpoint_tokenizer, resolve_preset
+from .pruning import Group, Slice, gated_mlp_group, linear_slices, register_pruner, units
 from .blocks import MixerModel, gated_mlp_size
 
 MODEL_TYPE = "hyena-encoder"
@@ -250,3 +251,21 @@ def load_weights(model: nn.Module, path: Path) -> None:
         model.load_state_dict(load_file(str(file)), strict=True)
     except Exception as e:  # safetensors header errors, missing/unexpected keys, shape mismatches
         raise EncoderError(f"checkpoint {str(path)!r} does not match its config: {_first_line(e)}") from None
+
+
+# -- structured pruning (encoders/pruning.py): the structures this architecture has ----------
+@register_pruner(HyenaEncoder)
+def hyena_groups(encoder: HyenaEncoder) -> list[Group]:
+    """Inner channels: channel c is gate_n[c] and v[c] of in_proj (order + 1 blocks) and the short
+    conv, long filter channels c * order + n (filter rows, skip bias, decay rate), out_proj column c.
+    Channels never mix inside the operator (depthwise convs, elementwise gates), so they prune cleanly.
+    The filter FFN (shared by all channels) and the positional features stay."""
+    groups = []
+    for layer in encoder.model.layers:
+        h = layer.attn
+        width, order, filt = h.out_proj.in_features, h.order, h.filter
+        d, blocks, taps = units(width), units(width, copies=order + 1), units(width, order)
+        slices = linear_slices([h.in_proj, h.short_filter], [h.out_proj], blocks, col_layout=d)
+        slices += linear_slices([filt.out], [], taps) + [Slice(filt, "bias", 0, taps), Slice(filt, "deltas", 0, taps)]
+        groups += [Group("inner_channels", slices, h.out_proj, d), gated_mlp_group(layer.mlp)]
+    return groups

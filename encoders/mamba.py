@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from . import register_encoder
 from .base import PRESETS, Encoder, EncoderError, _first_line, checkpoint_label, checkpoint_tokenizer, load_hf_config, resolve_preset
+from .pruning import Group, Slice, linear_slices, register_pruner, units
 
 # Preset shape. Mamba has no MLP blocks, so at n_layer = num_layers the mixer must carry the
 # parameters BERT spends on its MLP: expand 4 puts tiny/small/base within 3-5% of BERT.
@@ -286,3 +287,23 @@ class MambaEncoder(Encoder):
         # conv is one multiply-add per weight and token, already inside super()'s 2 x weights.
         return super().flops_per_token(seq_len) + 9.0 * cfg.intermediate_size * cfg.state_size * cfg.num_hidden_layers
 
+
+# -- structured pruning (encoders/pruning.py): the structures this architecture has ----------
+@register_pruner(MambaEncoder)
+def mamba_groups(encoder: MambaEncoder) -> list[Group]:
+    """Inner channels d_inner. The state size is not pruned: A_log's columns and x_proj's B/C rows are
+    a small share of the parameters, and d_state is shared by all channels of the scan."""
+    cfg, groups = encoder.model.config, []
+    for layer in encoder.model.layers:
+        m = layer.mixer
+        d = units(m.intermediate_size)
+        slices = linear_slices([m.in_proj], [], units(m.intermediate_size, copies=2))  # rows [x | z]
+        slices += linear_slices([m.conv1d, m.dt_proj], [m.x_proj, m.out_proj], d)
+        slices += [Slice(m, "A_log", 0, d), Slice(m, "D", 0, d)]
+
+        def resize(kept, m=m):
+            m.intermediate_size = cfg.intermediate_size = len(kept)  # flops_per_token reads the config
+
+        chunked = getattr(m.forward, "__func__", None) is chunked_mixer_forward  # it calls out_proj time-major
+        groups.append(Group("inner_channels", slices, m.out_proj, d, resize, time_major=chunked))
+    return groups

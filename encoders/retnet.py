@@ -29,6 +29,7 @@ from torch import nn
 
 from . import register_encoder
 from .base import PRESETS, Encoder, EncoderError, checkpoint_label, checkpoint_tokenizer, resolve_preset
+from .pruning import Group, PruningError, gated_mlp_group, head_groups, register_pruner
 from .blocks import MixerModel, gated_mlp_size, read_fla_checkpoint, save_fla_checkpoint
 
 MODES = ("auto", "parallel", "chunkwise", "recurrent", "fla")
@@ -326,3 +327,13 @@ class RetNetEncoder(Encoder):
                      "fla": min(CHUNK_SIZE, seq_len) * (K + V) + 2 * K * V / H,
                      "recurrent": 2 * K * V / H}[mode]
         return super().flops_per_token(seq_len) + 2.0 * per_layer * len(self.model.layers)
+
+
+# -- structured pruning (encoders/pruning.py): the structures this architecture has ----------
+@register_pruner(RetNetEncoder)
+def retnet_groups(encoder: RetNetEncoder) -> list[Group]:
+    for layer in encoder.model.layers:
+        if not hasattr(layer.attn, "head_index"):
+            raise PruningError("RetNet head pruning needs MultiScaleRetention.head_index (each kept head's "
+                                    "original index fixes its decay); this encoders/retnet.py predates it")
+    return [g for layer in encoder.model.layers for g in (head_groups(layer.attn), gated_mlp_group(layer.mlp))]

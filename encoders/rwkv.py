@@ -25,6 +25,7 @@ import torch
 
 from . import register_encoder
 from .base import PRESETS, Encoder, EncoderError, _first_line, checkpoint_label, checkpoint_tokenizer, load_hf_config, resolve_preset
+from .pruning import Group, Slice, linear_slices, register_pruner, units
 
 # Per channel and token the WKV recurrence does 4 exp, 2 max and ~18 add/mul/div (output and state
 # update, as in rwkv_linear_attention_cpu); each counts as one FLOP.
@@ -227,3 +228,28 @@ class RwkvEncoder(Encoder):
         # An RNN: the mixer's cost per token does not grow with seq_len.
         cfg = self.model.config
         return super().flops_per_token(seq_len) + WKV_FLOPS_PER_CHANNEL * cfg.attention_hidden_size * cfg.num_hidden_layers
+
+
+# -- structured pruning (encoders/pruning.py): the structures this architecture has ----------
+@register_pruner(RwkvEncoder)
+def rwkv_groups(encoder: RwkvEncoder) -> list[Group]:
+    """Time-mix channels (key/value/receptance rows, output columns, time_decay/time_first; the
+    time_mix_* vectors mix the hidden width and stay) and channel-mix FFN channels (key rows, value
+    columns; its receptance is hidden x hidden and stays)."""
+    cfg, groups = encoder.model.config, []
+    for block in encoder.model.blocks:
+        att, ffn = block.attention, block.feed_forward
+        a = units(att.output.in_features)
+        slices = linear_slices([att.key, att.value, att.receptance], [att.output], a)
+        slices += [Slice(att, "time_decay", 0, a), Slice(att, "time_first", 0, a)]
+
+        def resize(kept, att=att):
+            att.attention_hidden_size = cfg.attention_hidden_size = len(kept)  # flops_per_token reads it
+
+        def resize_ffn(kept):
+            cfg.intermediate_size = len(kept)
+
+        groups.append(Group("attention_channels", slices, att.output, a, resize))
+        f = units(ffn.value.in_features)
+        groups.append(Group("ffn_channels", linear_slices([ffn.key], [ffn.value], f), ffn.value, f, resize_ffn))
+    return groups

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks.data import DataError, find_dataset, load_dataset
+from benchmarks.pipeline.data import DataError, find_dataset, load_dataset
 from conftest import TINY_CORPUS, TINY_QRELS, TINY_QUERIES, write_beir
 
 
@@ -34,7 +34,7 @@ def test_missing_dataset_names_every_place_looked(tmp_path, monkeypatch):
 
 
 def test_download_failure_is_one_line(tmp_path, monkeypatch):
-    import benchmarks.data as data
+    import benchmarks.pipeline.data as data
 
     def offline(*a, **k):
         raise OSError("network is unreachable")

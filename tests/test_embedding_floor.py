@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import encoders
-from benchmarks.data import load_dataset
-from benchmarks.embedding_floor import bag_of_embeddings, embedding_floor, main, token_table
+from benchmarks.pipeline.data import load_dataset
+from benchmarks.studies.embedding_floor import bag_of_embeddings, embedding_floor, main, token_table
 from conftest import write_beir
 
 DOCS = ["Plants convert sunlight into sugar.", "The mitochondrion produces ATP.", "Shock waves form at Mach one.",

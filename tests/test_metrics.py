@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from benchmarks import index, metrics
+from benchmarks.pipeline import index, metrics
 
 
 def one(qrels, run, qid="q"):

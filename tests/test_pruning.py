@@ -1,4 +1,4 @@
-"""Structured pruning (benchmarks/perturbations/pruning.py) on all six architectures, tiny presets."""
+"""Structured pruning (encoders/pruning.py and each architecture's pruner) on all six architectures, tiny presets."""
 
 import numpy as np
 import pytest
@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 import encoders
-from benchmarks.perturbations import PerturbationError
-from benchmarks.perturbations.pruning import prune, pruner_for
+from encoders.pruning import PruningError as PerturbationError
+from encoders.pruning import prune, pruner_for
 from encoders import Encoder
 from encoders.bert import BertEncoder
 

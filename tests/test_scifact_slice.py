@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from benchmarks import metrics
-from benchmarks.data import load_dataset
+from benchmarks.pipeline import metrics
+from benchmarks.pipeline.data import load_dataset
 from benchmarks.run import RunConfig, run_benchmark
 from conftest import shared_dataset, write_beir
 

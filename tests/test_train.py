@@ -9,7 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 import encoders
-from benchmarks import train as T
+from benchmarks import training as T
+from benchmarks.pipeline.cache import EmbeddingCache
+from benchmarks.train import main as train_main
 from benchmarks.sweep import load_sweep
 from conftest import REPO, TINY_CORPUS, shared_dataset, write_beir
 
@@ -47,7 +49,7 @@ def test_loss_decreases_on_a_fixed_batch(split_dataset, tmp_path, teacher):
     student = encoders.load("hyena", preset="tiny", max_length=32, show_progress=False)
     data, ds = T.load_train_data(cfg, student)
     tq, td = T.teacher_embeddings(teacher, [ds.queries[q] for q in data.query_ids],
-                                  [ds.corpus[d] for d in data.doc_ids], T.EmbeddingCache(tmp_path / "cache"))
+                                  [ds.corpus[d] for d in data.doc_ids], EmbeddingCache(tmp_path / "cache"))
     ids = student.tokenize(data.queries + data.docs)
     batch = T.make_batch(data, cfg, 0, T.mine_hard_negatives(tq, td, data.relevant, 2))
     optimizer = T.make_optimizer(cfg, student)
@@ -110,12 +112,12 @@ def test_resume_equals_uninterrupted(name, split_dataset, tmp_path, teacher, mon
             raise KeyboardInterrupt  # as if killed during step 4; steps 1-3 were checkpointed
         return step(*args, **kw)
 
-    monkeypatch.setattr(T, "train_step", killed_at_fourth)
+    monkeypatch.setattr(T.loop, "train_step", killed_at_fourth)
     with pytest.raises(KeyboardInterrupt):
         T.train(cfg, teacher=teacher)
     partial = json.loads((cfg.out_dir() / "training.json").read_text())
     assert partial["complete"] is False and partial["steps_done"] == 3
-    monkeypatch.setattr(T, "train_step", step)
+    monkeypatch.setattr(T.loop, "train_step", step)
     with pytest.raises(T.TrainError, match="--resume"):
         T.train(cfg, teacher=teacher)
     resumed = T.train(cfg, resume=True, teacher=teacher)
@@ -178,7 +180,7 @@ def test_trained_sweep_loads():
     (["--encoder", "bert", "--preset", "tiny", "--steps", "1"], "no qrels for split 'train'"),
 ])
 def test_bad_input_is_one_line(args, message, tiny_dataset, tmp_path, capsys):
-    code = T.main([*args, "--dataset", "tiny", "--data-dir", str(tiny_dataset.parent),
+    code = train_main([*args, "--dataset", "tiny", "--data-dir", str(tiny_dataset.parent),
                    "--output-dir", str(tmp_path), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
@@ -198,9 +200,9 @@ def test_only_trains_part_of_a_plan(split_dataset, tmp_path, capsys):
     plan_file.write_text(f"defaults: {{dataset: {split_dataset}, preset: tiny, steps: 1, max_length: 32, "
                          f"batch_pairs: 2, batch_docs: 1, output_dir: {tmp_path / 'ckpt'}, cos_weight: 0, "
                          "kl_weight: 0, init_embeddings: none}\nruns:\n  - {encoder: retnet}\n  - {encoder: gla}\n")
-    assert T.main(["--config", str(plan_file), "--only", "gla", "--quiet"]) == 0
+    assert train_main(["--config", str(plan_file), "--only", "gla", "--quiet"]) == 0
     assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["gla-tiny-toy-distill"]
     capsys.readouterr()
-    assert T.main(["--config", str(plan_file), "--only", "gla,mamba"]) == 2
+    assert train_main(["--config", str(plan_file), "--only", "gla,mamba"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--only names encoders not in the plan: mamba" in err and err.count("\n") == 1

@@ -134,7 +134,7 @@ def prune_model(encoder, step: dict, corpus_texts: list[str], seed: int) -> dict
     """Prune `encoder` in place -> the step annotated with the pruning report."""
     import random
 
-    from .pruning import prune
+    from encoders.pruning import prune
 
     calibration = None
     if step["criterion"] == "activation":

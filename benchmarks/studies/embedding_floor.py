@@ -1,6 +1,6 @@
 """Embedding floor: the retrieval quality of a model's token-embedding table alone, with no layers.
 
-    python -m benchmarks.embedding_floor --encoder bert [--checkpoint DIR | --preset small] [--dataset scifact]
+    python -m benchmarks.studies.embedding_floor --encoder bert [--checkpoint DIR | --preset small] [--dataset scifact]
 
 Each text becomes the mean of its tokens' input embeddings (the same tokens, prefixes and truncation
 the model sees), L2-normalised, then exact search and pytrec_eval as in a run. Nothing passes
@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 import encoders
-from benchmarks.data import DataError, load_dataset
-from benchmarks.index import search
-from benchmarks.metrics import aggregate, evaluate
+from benchmarks.pipeline.data import DataError, load_dataset
+from benchmarks.pipeline.index import search
+from benchmarks.pipeline.metrics import aggregate, evaluate
 from encoders.base import EncoderError
 
 
@@ -52,7 +52,7 @@ def embedding_floor(enc, dataset) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.embedding_floor", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.studies.embedding_floor", description=__doc__.split("\n")[0])
     p.add_argument("--encoder", required=True)
     p.add_argument("--checkpoint")
     p.add_argument("--preset")

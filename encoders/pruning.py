@@ -1,7 +1,7 @@
 """Structured pruning: remove a fraction of each encoder's width-carrying structures (attention heads,
 inner / key-value channels, MLP channels), slicing the tensors so that the model really shrinks.
 
-Each architecture's pruner (`@register_pruner(EncoderClass)`) describes its structures as `Group`s:
+Each architecture's pruner (`@register_pruner(EncoderClass)`, next to its encoder in encoders/<arch>.py) describes its structures as `Group`s:
 one group per structure kind per layer, listing every tensor slice a structure spans (`Slice`: which
 tensor, along which dim, and the indices each structure owns there), the module whose input carries
 the structures' activations, and a `resize` that updates the attributes the forward pass and
@@ -31,15 +31,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from encoders.base import Encoder
-from encoders.bert import BertEncoder
-from encoders.gla import GLAEncoder
-from encoders.hyena import HyenaEncoder
-from encoders.mamba import MambaEncoder, chunked_mixer_forward
-from encoders.retnet import RetNetEncoder
-from encoders.rwkv import RwkvEncoder
+from .base import Encoder, EncoderError
 
-from . import PerturbationError
+
+class PruningError(EncoderError):
+    """A pruning request that cannot apply (bad sparsity, no pruner for the encoder); printed as one line."""
 
 CRITERIA = ("magnitude", "activation")
 
@@ -106,8 +102,8 @@ def pruner_for(encoder: Encoder) -> Callable[[Encoder], list[Group]]:
         if cls in _PRUNERS:
             return _PRUNERS[cls]
     name = type(encoder).__name__
-    raise PerturbationError(f"no pruner for {name}; register one with @register_pruner({name}) from "
-                            "benchmarks.perturbations.pruning (a function returning the encoder's Groups)")
+    raise PruningError(f"no pruner for {name}; register one with @register_pruner({name}) from "
+                            "encoders.pruning (a function returning the encoder's Groups)")
 
 
 # -- the one entry point --------------------------------------------------------------------------
@@ -117,11 +113,11 @@ def prune(encoder: Encoder, sparsity: float, criterion: str = "magnitude",
     Every group keeps its top round((1 - sparsity) x n) structures (at least one) in their original
     order. Returns a JSON-able report."""
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 < sparsity < 1:
-        raise PerturbationError(f"pruning sparsity must be in (0, 1), got {sparsity}")
+        raise PruningError(f"pruning sparsity must be in (0, 1), got {sparsity}")
     if criterion not in CRITERIA:
-        raise PerturbationError(f"pruning criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
+        raise PruningError(f"pruning criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
     if criterion == "activation" and not calibration_texts:
-        raise PerturbationError("pruning criterion 'activation' needs calibration texts (a non-empty list of strings)")
+        raise PruningError("pruning criterion 'activation' needs calibration texts (a non-empty list of strings)")
     start = time.perf_counter()
     groups = pruner_for(encoder)(encoder)
     before = dict(params=encoder.num_parameters, prunable=prunable_parameters(groups),
@@ -226,7 +222,7 @@ def activation_scores(encoder: Encoder, groups: list[Group], texts: list[str],
     return [(sums[i] / tokens)[g.site_layout].mean(1) for i, g in enumerate(groups)]
 
 
-# -- the architectures ------------------------------------------------------------------------------
+# -- pieces several architectures share ------------------------------------------------------
 def gated_mlp_group(mlp: nn.Module) -> Group:
     """blocks.GatedMLP (Hyena, RetNet, GLA): gate/up rows, down columns."""
     layout = units(mlp.down_proj.in_features)
@@ -234,94 +230,10 @@ def gated_mlp_group(mlp: nn.Module) -> Group:
                  mlp.down_proj, layout)
 
 
-@register_pruner(BertEncoder)
-def bert_groups(encoder: BertEncoder) -> list[Group]:
-    layers = getattr(getattr(encoder.model, "encoder", None), "layer", None)
-    if layers is None or not all(hasattr(getattr(l.attention, "self", None), "query") for l in layers):
-        raise PerturbationError(f"pruning supports BERT-style layers (BERT, RoBERTa, ELECTRA, ...); "
-                                f"model_type {encoder.model.config.model_type!r} is laid out differently")
-    groups = []
-    for layer in layers:
-        att, out = layer.attention.self, layer.attention.output.dense
-        heads = units(att.num_attention_heads, att.attention_head_size)
-
-        def resize_heads(kept, att=att):
-            att.num_attention_heads = len(kept)
-            att.all_head_size = len(kept) * att.attention_head_size  # flops_per_token reads it
-
-        groups.append(Group("attention_heads", linear_slices([att.query, att.key, att.value], [out], heads),
-                            out, heads, resize_heads))
-        up, down = layer.intermediate.dense, layer.output.dense
-        ffn = units(up.out_features)
-        groups.append(Group("ffn_channels", linear_slices([up], [down], ffn), down, ffn))
-    return groups
-
-
-@register_pruner(MambaEncoder)
-def mamba_groups(encoder: MambaEncoder) -> list[Group]:
-    """Inner channels d_inner. The state size is not pruned: A_log's columns and x_proj's B/C rows are
-    a small share of the parameters, and d_state is shared by all channels of the scan."""
-    cfg, groups = encoder.model.config, []
-    for layer in encoder.model.layers:
-        m = layer.mixer
-        d = units(m.intermediate_size)
-        slices = linear_slices([m.in_proj], [], units(m.intermediate_size, copies=2))  # rows [x | z]
-        slices += linear_slices([m.conv1d, m.dt_proj], [m.x_proj, m.out_proj], d)
-        slices += [Slice(m, "A_log", 0, d), Slice(m, "D", 0, d)]
-
-        def resize(kept, m=m):
-            m.intermediate_size = cfg.intermediate_size = len(kept)  # flops_per_token reads the config
-
-        chunked = getattr(m.forward, "__func__", None) is chunked_mixer_forward  # it calls out_proj time-major
-        groups.append(Group("inner_channels", slices, m.out_proj, d, resize, time_major=chunked))
-    return groups
-
-
-@register_pruner(RwkvEncoder)
-def rwkv_groups(encoder: RwkvEncoder) -> list[Group]:
-    """Time-mix channels (key/value/receptance rows, output columns, time_decay/time_first; the
-    time_mix_* vectors mix the hidden width and stay) and channel-mix FFN channels (key rows, value
-    columns; its receptance is hidden x hidden and stays)."""
-    cfg, groups = encoder.model.config, []
-    for block in encoder.model.blocks:
-        att, ffn = block.attention, block.feed_forward
-        a = units(att.output.in_features)
-        slices = linear_slices([att.key, att.value, att.receptance], [att.output], a)
-        slices += [Slice(att, "time_decay", 0, a), Slice(att, "time_first", 0, a)]
-
-        def resize(kept, att=att):
-            att.attention_hidden_size = cfg.attention_hidden_size = len(kept)  # flops_per_token reads it
-
-        def resize_ffn(kept):
-            cfg.intermediate_size = len(kept)
-
-        groups.append(Group("attention_channels", slices, att.output, a, resize))
-        f = units(ffn.value.in_features)
-        groups.append(Group("ffn_channels", linear_slices([ffn.key], [ffn.value], f), ffn.value, f, resize_ffn))
-    return groups
-
-
-@register_pruner(HyenaEncoder)
-def hyena_groups(encoder: HyenaEncoder) -> list[Group]:
-    """Inner channels: channel c is gate_n[c] and v[c] of in_proj (order + 1 blocks) and the short
-    conv, long filter channels c * order + n (filter rows, skip bias, decay rate), out_proj column c.
-    Channels never mix inside the operator (depthwise convs, elementwise gates), so they prune cleanly.
-    The filter FFN (shared by all channels) and the positional features stay."""
-    groups = []
-    for layer in encoder.model.layers:
-        h = layer.attn
-        width, order, filt = h.out_proj.in_features, h.order, h.filter
-        d, blocks, taps = units(width), units(width, copies=order + 1), units(width, order)
-        slices = linear_slices([h.in_proj, h.short_filter], [h.out_proj], blocks, col_layout=d)
-        slices += linear_slices([filt.out], [], taps) + [Slice(filt, "bias", 0, taps), Slice(filt, "deltas", 0, taps)]
-        groups += [Group("inner_channels", slices, h.out_proj, d), gated_mlp_group(layer.mlp)]
-    return groups
-
-
 def head_groups(attn: nn.Module) -> Group:
     """RetNet / GLA heads: q, k (head_k_dim) and v, g (head_v_dim) rows, GLA's gate rows, o columns."""
     if attn.num_kv_groups > 1:
-        raise PerturbationError(f"pruning {type(attn).__name__} with grouped kv heads is not supported")
+        raise PruningError(f"pruning {type(attn).__name__} with grouped kv heads is not supported")
     H = attn.num_heads
     hk, hv = units(H, attn.head_k_dim), units(H, attn.head_v_dim)
     slices = linear_slices([attn.q_proj, attn.k_proj], [], hk)
@@ -336,17 +248,3 @@ def head_groups(attn: nn.Module) -> Group:
             attn.head_index = [attn.head_index[i] for i in kept.tolist()]
 
     return Group("attention_heads", slices, attn.o_proj, hv, resize)
-
-
-@register_pruner(RetNetEncoder)
-def retnet_groups(encoder: RetNetEncoder) -> list[Group]:
-    for layer in encoder.model.layers:
-        if not hasattr(layer.attn, "head_index"):
-            raise PerturbationError("RetNet head pruning needs MultiScaleRetention.head_index (each kept head's "
-                                    "original index fixes its decay); this encoders/retnet.py predates it")
-    return [g for layer in encoder.model.layers for g in (head_groups(layer.attn), gated_mlp_group(layer.mlp))]
-
-
-@register_pruner(GLAEncoder)
-def gla_groups(encoder: GLAEncoder) -> list[Group]:
-    return [g for layer in encoder.model.layers for g in (head_groups(layer.attn), gated_mlp_group(layer.mlp))]

@@ -1,6 +1,6 @@
 """Parameters and forward FLOPs per token of every architecture at every preset, computed by the code:
 
-    python -m benchmarks.model_table            # markdown table, as in the README
+    python -m benchmarks.studies.model_table            # markdown table, as in the README
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ ARCHITECTURES = ("bert", "mamba", "rwkv", "hyena", "retnet", "gla")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.model_table", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.studies.model_table", description=__doc__.split("\n")[0])
     p.add_argument("--encoders", default=",".join(ARCHITECTURES))
     p.add_argument("--presets", default=",".join(PRESETS))
     p.add_argument("--length", type=int, default=256, help="sequence length for FLOPs per token")

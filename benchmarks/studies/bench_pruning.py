@@ -1,6 +1,6 @@
 """Structured pruning: size, FLOPs and encoding speed before and after, per architecture.
 
-    python -m benchmarks.bench_pruning [--preset small] [--encoders bert,mamba,...] [--sparsity 0.3,0.5,0.7]
+    python -m benchmarks.studies.bench_pruning [--preset small] [--encoders bert,mamba,...] [--sparsity 0.3,0.5,0.7]
 
 For each architecture it builds the clean model and one pruned copy per sparsity (same seed, so the
 same weights before pruning; BERT is the packaged all-MiniLM-L6-v2 unless --preset is given), then
@@ -40,7 +40,7 @@ def build(name: str, preset: str | None, **opts):
 
 
 def bench(name: str, args, sparsities: list[float]) -> list[dict]:
-    from benchmarks.perturbations.pruning import prune
+    from encoders.pruning import prune
 
     opts = dict(max_length=args.length, dtype=args.dtype, show_progress=False)
     models = {0.0: build(name, args.preset, **opts)}
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import encoders
-    from benchmarks.perturbations import PerturbationError
+    from encoders.pruning import PruningError as PerturbationError
 
     try:
         names = [n.strip() for n in args.encoders.split(",") if n.strip()]

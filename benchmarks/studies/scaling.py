@@ -1,7 +1,7 @@
 """Length scaling: forward time and peak memory per token against sequence length, per architecture.
 
-    python -m benchmarks.scaling                      # all six at the small preset, 128 .. 4096
-    python -m benchmarks.scaling --encoders bert,mamba --lengths 128,1024 --tokens 4096
+    python -m benchmarks.studies.scaling                      # all six at the small preset, 128 .. 4096
+    python -m benchmarks.studies.scaling --encoders bert,mamba --lengths 128,1024 --tokens 4096
 
 Each (architecture, length) runs in a fresh subprocess with a batch sized to a fixed token count
 (--tokens / length sequences), so peak memory is the process's peak RSS above what it held after
@@ -110,7 +110,7 @@ def plot(frame, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.studies.scaling", description=__doc__.split("\n")[0])
     p.add_argument("--encoders", default=",".join(ARCHITECTURES))
     p.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
     p.add_argument("--tokens", type=int, default=8192, help="tokens per forward (batch = tokens / length)")
@@ -135,13 +135,13 @@ def main(argv: list[str] | None = None) -> int:
         plot(pd.read_csv(args.replot), Path(args.replot).with_name("scaling.png"))
         return 0
 
-    from .results import slug
+    from benchmarks.pipeline.results import slug
 
     names = args.encoders.split(",")
     rows, failures = [], []
     jobs = [(n, L) for n in names for L in lengths]
     for name, length in tqdm(jobs, desc="scaling", unit="run"):
-        cmd = [sys.executable, "-m", "benchmarks.scaling", "--worker", name, str(length), "--lengths", args.lengths,
+        cmd = [sys.executable, "-m", "benchmarks.studies.scaling", "--worker", name, str(length), "--lengths", args.lengths,
                "--tokens", str(args.tokens), "--repeats", str(args.repeats), "--preset", args.preset,
                "--dtype", args.dtype]
         proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -1,6 +1,6 @@
 """transformers' Mamba torch path vs our chunked scan, in one process on the same weights and input.
 
-    python -m benchmarks.bench_mamba_scan [--batch 8] [--length 256] [--preset small] [--threads 1]
+    python -m benchmarks.studies.bench_mamba_scan [--batch 8] [--length 256] [--preset small] [--threads 1]
 
 Times the backbone forward (median of --repeats after one warm-up), checks that both agree to 1e-4,
 and reports peak memory two ways:

@@ -1,0 +1,1 @@
+"""Studies: scripts that print figures (benchmarks, scaling, model table, embedding floor)."""

@@ -1,0 +1,173 @@
+"""The training loop: optimizer, schedule, steps, periodic checkpoints, resume; and plans of several students."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import encoders
+
+from ..pipeline.cache import EmbeddingCache
+from ..pipeline.results import environment
+from .checkpoints import STATE_FILE, read_meta, token_embeddings, write_checkpoint
+from .config import TrainConfig, TrainError, check_config
+from .data import load_train_data, make_batch, mine_hard_negatives, teacher_embeddings
+from .losses import losses
+
+
+def lr_factor(step: int, progress: float, warmup_steps: int) -> float:
+    """Linear warmup over the first steps, then cosine decay to 0 over the budget (progress 0..1:
+    the larger of steps done / --steps and seconds trained / budget)."""
+    return min(1.0, (step + 1) / max(1, warmup_steps)) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def progress_of(cfg: TrainConfig, step: int, seconds: float) -> float:
+    p = [step / cfg.steps] if cfg.steps else []
+    p += [seconds / (60 * cfg.budget_minutes)] if cfg.budget_minutes else []
+    return max(p)
+
+
+def train_step(cfg, student, optimizer, data, ids, batch, tq, td, lr: float) -> dict:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    out = losses(cfg, student, data, ids, batch, tq, td)
+    optimizer.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    out["grad_norm"] = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
+    optimizer.step()
+    return {k: float(v.detach()) for k, v in out.items()}
+
+
+def make_optimizer(cfg: TrainConfig, student) -> torch.optim.Optimizer:
+    params = [p for p in student.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]  # matrices and embeddings; not norms, biases, decays
+    rest = [p for p in params if p.ndim < 2]
+    return torch.optim.AdamW([dict(params=decay, weight_decay=cfg.weight_decay), dict(params=rest, weight_decay=0.0)],
+                             lr=cfg.lr, betas=(0.9, 0.98))
+
+
+# -- the training run ---------------------------------------------------------------------------
+def train(cfg: TrainConfig, resume: bool = False, teacher=None) -> Path:
+    """Train (or resume) one student; returns its checkpoint directory. `teacher`: an encoder to
+    use instead of loading cfg.teacher (tests pass a tiny one)."""
+    wall_start = time.perf_counter()
+    check_config(cfg)
+    out = cfg.out_dir()
+    meta = read_meta(out)
+    if meta is not None and not resume:
+        state = "complete" if meta.get("complete") else "partial"
+        raise TrainError(f"{out} already holds a {state} training run; pass --resume to continue it (or choose --out)")
+    if resume:
+        if meta is None or not (out / STATE_FILE).is_file():
+            raise TrainError(f"--resume: {out} holds no training run to resume")
+        if meta["recipe"] != json.loads(json.dumps(cfg.recipe())):
+            diff = sorted(k for k in cfg.recipe() if meta["recipe"].get(k) != cfg.recipe()[k])
+            raise TrainError(f"--resume: {out} was trained with other options ({', '.join(diff)})")
+
+    torch.manual_seed(cfg.seed)  # the student's random init
+    opts = dict(max_length=cfg.max_length, show_progress=False)
+    if resume:
+        student = encoders.load(cfg.encoder, checkpoint=str(out), **opts)
+    else:
+        student = encoders.load(cfg.encoder, checkpoint=cfg.checkpoint, preset=cfg.preset, **opts)
+    data, ds = load_train_data(cfg, student)
+
+    tq = td = negatives = None
+    teacher_info = None
+    if cfg.uses_teacher:
+        if teacher is None:
+            teacher = encoders.load(cfg.teacher, checkpoint=cfg.teacher_checkpoint, max_length=cfg.max_length,
+                                    show_progress=cfg.show_progress)
+        cache = EmbeddingCache(Path(cfg.cache_dir or "results/.cache/embeddings"))
+        tq, td = teacher_embeddings(teacher, [ds.queries[q] for q in data.query_ids],
+                                    [ds.corpus[d] for d in data.doc_ids], cache)
+        teacher_info = dict(encoder=teacher.name, label=teacher.label, fingerprint=teacher.fingerprint,
+                            max_length=teacher.max_length, embedding_dim=int(tq.shape[1]))
+        width = student.embedding_dim
+        if cfg.cos_weight and width != tq.shape[1]:
+            raise TrainError(f"the cosine term needs the student's embedding width ({width}) to equal the "
+                             f"teacher's ({tq.shape[1]}); use --cos-weight 0")
+        if cfg.hard_negatives:
+            negatives = mine_hard_negatives(tq, td, data.relevant, cfg.hard_negatives)
+        if cfg.init_embeddings == "teacher" and not resume:
+            src, dst = token_embeddings(teacher).weight, token_embeddings(student).weight
+            if src.shape != dst.shape:
+                raise TrainError(f"--init-embeddings teacher: the teacher's token embeddings are {tuple(src.shape)}, "
+                                 f"the student's {tuple(dst.shape)}")
+            with torch.no_grad():
+                dst.copy_(src)
+
+    ids = student.tokenize(data.queries + data.docs)
+    student.to(student.device).train()
+    optimizer = make_optimizer(cfg, student)
+    state = dict(step=0, train_seconds=0.0, wall_seconds=0.0, sessions=0, history=[])
+    if resume:
+        saved = torch.load(out / STATE_FILE, map_location="cpu", weights_only=False)
+        optimizer.load_state_dict(saved.pop("optimizer"))
+        torch.set_rng_state(saved.pop("torch_rng"))
+        state.update(saved)
+    state["sessions"] += 1
+    created = meta["created"] if meta else time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+    def checkpoint(complete: bool, last: dict) -> None:
+        recent = [h[1] for h in state["history"][-20:]]
+        info = dict(
+            complete=complete, encoder=cfg.encoder, start=f"preset:{cfg.preset}" if cfg.preset else cfg.checkpoint,
+            created=created, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"), recipe=cfg.recipe(), seed=cfg.seed,
+            budget=dict(minutes=cfg.budget_minutes, steps=cfg.steps), steps_done=state["step"],
+            train_seconds=state["train_seconds"], wall_seconds=state["wall_seconds"] + time.perf_counter() - wall_start,
+            sessions=state["sessions"], final_loss=dict(last, mean_last_20=float(np.mean(recent)) if recent else None),
+            loss_curve=state["history"][::max(1, len(state["history"]) // 50)],  # [step, loss, seconds]
+            data=data.describe, teacher=teacher_info, kernel_path=student.kernel_path,
+            num_parameters=student.num_parameters, environment=environment(student.device),
+        )
+        saved = dict(state, optimizer=optimizer.state_dict(), torch_rng=torch.get_rng_state(),
+                     wall_seconds=info["wall_seconds"])
+        write_checkpoint(out, student, saved, info)
+
+    from tqdm.auto import tqdm
+
+    def done() -> bool:
+        return progress_of(cfg, state["step"], state["train_seconds"]) >= 1.0
+
+    last: dict = {}
+    since_save = time.perf_counter()
+    with tqdm(total=cfg.steps, initial=state["step"], desc=f"train {cfg.encoder}", unit="step",
+              disable=not cfg.show_progress) as bar:
+        while not done():
+            step = state["step"]
+            lr = cfg.lr * lr_factor(step, progress_of(cfg, step, state["train_seconds"]), cfg.warmup_steps)
+            t = time.perf_counter()
+            last = train_step(cfg, student, optimizer, data, ids, make_batch(data, cfg, step, negatives), tq, td, lr)
+            state["train_seconds"] += time.perf_counter() - t
+            state["step"] += 1
+            state["history"].append([state["step"], last["loss"], round(state["train_seconds"], 3)])
+            bar.update(1)
+            bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{lr:.2e}",
+                            min=f"{state['train_seconds'] / 60:.1f}")
+            if not done() and time.perf_counter() - since_save >= 60 * cfg.save_every_minutes:
+                checkpoint(False, last)
+                since_save = time.perf_counter()
+    student.eval()
+    checkpoint(True, last)
+    return out
+
+
+def run_plan(plan: list[TrainConfig], teacher=None) -> list[Path]:
+    """Train each in turn: skip the complete ones, resume a partial one."""
+    outs = []
+    for cfg in plan:
+        out = cfg.out_dir()
+        meta = read_meta(out)
+        if meta and meta.get("complete"):
+            print(f"done      {out} ({meta['steps_done']} steps)")
+        else:
+            print(f"{'resume' if meta else 'train':9} {out}", flush=True)
+            train(cfg, resume=meta is not None, teacher=teacher)
+        outs.append(out)
+    return outs
