@@ -93,11 +93,13 @@ def query_features(per_query_ref: pd.DataFrame, dataset) -> pd.DataFrame:
     if dataset is None:
         f["query_length"] = per_query_ref.set_index("qid")["query_tokens"] if "query_tokens" in per_query_ref else np.nan
         return f
+    from encoders.base import title_text  # the title + text rule (a function; no model is loaded)
+
     f["query_length"] = [len(dataset.queries[q].split()) if q in dataset.queries else np.nan for q in f.index]
     overlap, length = [], []
     for q in f.index:
         rel = [dataset.corpus[d] for d, s in dataset.qrels.get(q, {}).items() if s > 0 and d in dataset.corpus]
-        texts = [f"{d['title']} {d['text']}" for d in rel]
+        texts = [title_text(d) for d in rel]
         qw = words(dataset.queries.get(q, ""))
         dw = set().union(*(words(t) for t in texts)) if texts else set()
         overlap.append(len(qw & dw) / len(qw) if qw and texts else np.nan)

@@ -182,6 +182,7 @@ class Encoder(nn.Module):
         self.kernel_path: str = "torch"
         self.label: str = "custom"
         self.last_stats: dict = {}  # filled by encode(): texts, tokens, batches, seconds
+        self._tokenizer_digest = tokenizer_digest(self.tokenizer)  # the tokenizer never changes; hash it once
 
     # -- the one method a subclass implements ---------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -203,19 +204,26 @@ class Encoder(nn.Module):
         return [self.doc_prefix + self.document_text(d) for d in corpus]
 
     def document_text(self, doc: dict) -> str:
-        # BEIR's convention (beir.retrieval.models.util.extract_corpus_sentences).
-        if "title" in doc:
-            return (doc["title"] + self.title_sep + doc["text"]).strip()
-        return doc["text"].strip()
+        return title_text(doc, self.title_sep)
 
     @torch.no_grad()  # not inference_mode: under it autocast does not cache the weights' bf16 casts
     def encode(self, texts: list[str], desc: str = "encoding", batch_tokens: int | None = None,
                show_progress: bool | None = None) -> np.ndarray:
-        """Embed texts: float32 array (len(texts), dim) in input order."""
+        """Embed texts: float32 array (len(texts), dim) in input order. The module's train/eval mode is
+        left as it was."""
+        start = time.perf_counter()
+        was_training = self.training  # restored below: a training loop's mode is not ours to change
+        self.to(self.device).eval()
+        try:
+            out, stats = self._encode(texts, desc, batch_tokens, show_progress)
+        finally:
+            self.train(was_training)
+        self.last_stats = dict(stats, seconds=time.perf_counter() - start)
+        return out
+
+    def _encode(self, texts, desc, batch_tokens, show_progress) -> tuple[np.ndarray, dict]:
         from tqdm.auto import tqdm
 
-        start = time.perf_counter()
-        self.to(self.device).eval()
         ids = self.tokenize(texts)
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         batches = self.batches(lengths, batch_tokens or self.batch_tokens)
@@ -236,9 +244,7 @@ class Encoder(nn.Module):
             torch.cuda.synchronize(self.device)
         if out is None:
             out = np.empty((0, self.embedding_dim), dtype=np.float32)
-        self.last_stats = dict(texts=len(texts), tokens=int(lengths.sum()), batches=len(batches),
-                               seconds=time.perf_counter() - start)
-        return out
+        return out, dict(texts=len(texts), tokens=int(lengths.sum()), batches=len(batches))
 
     # -- the pieces of encode() -----------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> list[list[int]]:
@@ -304,11 +310,33 @@ class Encoder(nn.Module):
         return states[rows, first if self.pooling == "cls" else last]
 
     # -- bookkeeping ----------------------------------------------------------------------------
+    def _state_key(self) -> tuple:
+        """Changes whenever the weights or the configuration may have: a tensor replaced (pruning, loading)
+        or modified in place (an optimizer step bumps its version counter), or any config() entry. Cheap:
+        no weight is read."""
+        tensors = tuple((k, id(v), v._version, tuple(v.shape)) for k, v in self.state_dict(keep_vars=True).items())
+        return tensors, json.dumps(self.config(), sort_keys=True, default=str)
+
+    def _cached(self, what: str, compute):
+        """`compute()` once per state of the weights and configuration (see _state_key)."""
+        key = self._state_key()
+        memo = self.__dict__.setdefault("_memo", {})
+        if what not in memo or memo[what][0] != key:
+            memo[what] = (key, compute())
+        return memo[what][1]
+
     @property
     def embedding_dim(self) -> int:
-        with torch.inference_mode():
-            ids, mask = self.pad([[self.pad_token_id]])
-            return int(self.embed_batch(ids.to(self.device), mask.to(self.device)).shape[1])
+        def probe() -> int:
+            was_training = self.training
+            self.eval()
+            try:
+                with torch.inference_mode():
+                    ids, mask = self.pad([[self.pad_token_id]])
+                    return int(self.embed_batch(ids.to(self.device), mask.to(self.device)).shape[1])
+            finally:
+                self.train(was_training)
+        return self._cached("embedding_dim", probe)
 
     @property
     def num_parameters(self) -> int:
@@ -330,7 +358,7 @@ class Encoder(nn.Module):
             arch=self.arch_config, max_length=self.max_length, pooling=self.pooling, normalize=self.normalize,
             similarity=self.similarity, query_prefix=self.query_prefix, doc_prefix=self.doc_prefix,
             title_sep=self.title_sep, bidirectional=self.bidirectional, dtype=self.dtype_name,
-            tokenizer=tokenizer_digest(self.tokenizer), vocab_size=len(self.tokenizer),
+            tokenizer=self._tokenizer_digest, vocab_size=len(self.tokenizer),
         )
 
     def weights_digest(self) -> str:
@@ -346,8 +374,16 @@ class Encoder(nn.Module):
     def fingerprint(self) -> str:
         """Stable identity of (class, config, weights): the embedding-cache key. The device is not
         part of it; the dtype is."""
-        payload = json.dumps(dict(config=self.config(), weights=self.weights_digest()), sort_keys=True, default=str)
-        return hashlib.sha256(payload.encode()).hexdigest()
+        def compute() -> str:
+            payload = json.dumps(dict(config=self.config(), weights=self.weights_digest()), sort_keys=True, default=str)
+            return hashlib.sha256(payload.encode()).hexdigest()
+        return self._cached("fingerprint", compute)
+
+
+def title_text(doc: dict, sep: str = " ") -> str:
+    """A BEIR document as one text: title + sep + text, stripped (BEIR's convention, as in
+    beir.retrieval.models.util.extract_corpus_sentences). The one place this rule is written."""
+    return (doc.get("title", "") + sep + doc.get("text", "")).strip()
 
 
 def tokenizer_digest(tokenizer) -> str:

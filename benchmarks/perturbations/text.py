@@ -13,6 +13,8 @@ import re
 
 from tqdm.auto import tqdm
 
+from encoders.base import title_text
+
 _SEGMENTER = None
 
 
@@ -29,7 +31,7 @@ def split_sentences(text: str) -> tuple[str, ...]:
 
 
 def _words(doc: dict) -> int:
-    return len(f"{doc.get('title', '')} {doc.get('text', '')}".split())
+    return len(title_text(doc).split())
 
 
 def _stats(before: dict, after: dict) -> dict:
@@ -67,7 +69,7 @@ def truncate(corpus: dict, side: str, tokens: int, tokenizer, title_sep: str = "
     at the tokenizer's character offsets (so no detokenisation artefacts). The result is one text
     field: after a tail cut the title is usually gone, which is the point."""
     ids = list(corpus)
-    full = [f"{corpus[d].get('title', '')}{title_sep}{corpus[d]['text']}".strip() for d in ids]
+    full = [title_text(corpus[d], title_sep) for d in ids]
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True,
                     verbose=False)  # no "longer than the maximum" warning: we only want offsets
     out, cut = {}, 0
@@ -83,7 +85,7 @@ def pad_with_distractors(corpus: dict, side: str, factor: float, seed: int) -> t
     """Lengthen each document to `factor` x its word count with text of randomly drawn other documents,
     before (prefix) or after (suffix) it: does the encoder still find the relevant part?"""
     ids = list(corpus)
-    full = {d: f"{corpus[d].get('title', '')} {corpus[d]['text']}".strip() for d in ids}
+    full = {d: title_text(corpus[d]) for d in ids}
     out = {}
     for did in ids:
         need = round((factor - 1) * len(full[did].split()))
