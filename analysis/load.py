@@ -1,10 +1,10 @@
 """Read every run under a results directory into tidy frames.
 
 `load_results(dir)` -> `Results` with
-    runs       one row per run: the columns of `benchmarks.table.summary_row`, plus
-               arch (encoder name), model (what a plot calls it), kind (clean | prune | input | mixed),
-               params (after pruning), base_key (the unperturbed configuration) and config_key
-               (base_key + perturbation: runs sharing it are repeats of one configuration)
+    runs       one row per run: the columns of `benchmarks.pipeline.record.flatten` (identity, group,
+               base, kind: clean | model | input | mixed, ...), plus arch (encoder name), model (what a
+               plot calls it), params (after pruning), config_key (the record's group: runs sharing
+               it are repeats of one configuration) and base_key (the group of its unperturbed run)
     per_query  one row per (run path, judged query): the run's per_query.csv
     summaries  path -> summary.json
     problems   one line per run that was skipped: "<path>: <what is wrong>"
@@ -16,16 +16,13 @@ named in `problems`, so that one bad directory never hides all the good ones.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.pipeline import record
 from benchmarks.pipeline.data import DataError, Dataset, load_dataset
-from benchmarks.pipeline.table import run_dirs, summary_row
-
-INPUT_COLUMNS = ("shuffle", "truncate_side", "pad_side")
 
 
 class AnalysisError(Exception):
@@ -41,47 +38,20 @@ class Results:
     problems: list[str] = field(default_factory=list)
 
 
-def _kind(row: dict) -> str:
-    pruned = row.get("prune_sparsity") is not None
-    # A step kind the table does not flatten still makes the run perturbed (an input one, by default).
-    perturbed_input = any(row.get(c) is not None for c in INPUT_COLUMNS) or (
-        not pruned and row.get("perturbation", "clean") not in (None, "clean"))
-    return {(False, False): "clean", (True, False): "prune", (False, True): "input"}.get((pruned, perturbed_input),
-                                                                                        "mixed")
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def read_run(d: Path) -> tuple[dict, dict, pd.DataFrame]:
     """(summary, table row, per-query frame) of one run directory; ValueError says what is wrong."""
-    try:
-        summary = json.loads((d / "summary.json").read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"summary.json is not valid JSON ({e.msg} at line {e.lineno})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"summary.json cannot be read ({e})") from None
-    try:
-        row = summary_row(summary, d)
-    except (KeyError, TypeError, AttributeError) as e:
-        raise ValueError(f"summary.json lacks a field the analysis needs ({type(e).__name__}: {e})") from None
-    if not _number(row.get("ndcg@10")):
+    rec = record.read(d)
+    row = record.flatten(rec.summary, d)
+    if not record.is_number(row.get("ndcg@10")):
         raise ValueError(f"summary.json has no numeric metrics.ndcg@10 (got {row.get('ndcg@10')!r})")
-    if not (d / "per_query.csv").is_file():
-        raise ValueError("per_query.csv is missing")
-    try:
-        pq = pd.read_csv(d / "per_query.csv", dtype={"qid": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ValueError(f"per_query.csv cannot be parsed ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    missing = [c for c in ("qid", "ndcg@10") if c not in pq.columns]
-    if missing:
-        raise ValueError(f"per_query.csv has no column {', '.join(missing)}")
+    pq = rec.per_query.reset_index()
+    if "ndcg@10" not in pq.columns:
+        raise ValueError("per_query.csv has no column ndcg@10")
     if pq["qid"].isna().any() or pq["qid"].duplicated().any():
         raise ValueError("per_query.csv has empty or duplicate qids")
     if not pd.api.types.is_numeric_dtype(pq["ndcg@10"]):
         raise ValueError("per_query.csv column ndcg@10 is not numeric")
-    return summary, row, pq
+    return rec.summary, row, pq
 
 
 def _derive(row: dict, summary: dict) -> dict:
@@ -92,17 +62,12 @@ def _derive(row: dict, summary: dict) -> dict:
     variant = "" if variant == row["encoder"] else variant  # bm25's label is "bm25"
     variant = variant.removeprefix(f"{row['encoder']}-")  # checkpoint "mamba-small-..." -> "mamba small-..."
     row["model"] = f"{row['encoder']} {variant}{bi}".strip()
-    dtype = {"float32": "", "bfloat16": " bf16", "float16": " fp16"}.get(row.get("dtype"), f" {row.get('dtype')}")
+    dtype = {"float32": "", "bfloat16": " bf16", "float16": " fp16", None: ""}.get(row.get("dtype"), f" {row.get('dtype')}")
     row["name"] = row["model"] + dtype  # the model as a plot legend names it
-    row["kind"] = _kind(row)
-    report = next((s.get("report", {}) for s in (summary.get("perturbation") or {}).get("steps", [])
-                   if s.get("kind") == "prune"), {})
-    row["params"] = report.get("params_after", row.get("num_parameters"))
-    row["params_clean"] = report.get("params_before", row.get("num_parameters"))
-    # Repeats are runs that differ only in run id and seed (the seed of an untrained preset changes its
-    # weights, so repeats over seeds show that spread too). The tag carries name, label, bi and dtype.
-    row["base_key"] = "|".join(str(row.get(k)) for k in ("dataset", "split", "tag", "max_length"))
-    row["config_key"] = f"{row['base_key']}|{row['perturbation']}"
+    row["params"], row["params_clean"] = row["params_after"], row["params_before"]
+    # Repeats are runs of one group: the same resolved configuration but for run id and seed (the seed of
+    # an untrained preset changes its weights, so repeats over seeds show that spread too).
+    row["config_key"], row["base_key"] = row["group"], row["base"]
     return row
 
 
@@ -114,11 +79,11 @@ def load_results(results_dir: str | Path, run_ids: list[str] | None = None,
     root = Path(results_dir)
     if not root.is_dir():
         raise AnalysisError(f"results directory {root} does not exist")
-    dirs = run_dirs(root)
+    dirs = record.run_dirs(root)
     if not dirs:
         raise AnalysisError(f"no runs under {root} (no <dataset>/<encoder>/.../summary.json found)")
     if run_ids:
-        dirs = [d for d in dirs if d.name in run_ids]
+        dirs = [d for d in dirs if record_run_id(d) in run_ids]
         if not dirs:
             raise AnalysisError(f"no runs under {root} with run id {', '.join(run_ids)}")
     rows, frames, summaries, problems = [], [], {}, []
@@ -148,6 +113,14 @@ def load_results(results_dir: str | Path, run_ids: list[str] | None = None,
         per_query = per_query[per_query["path"].isin(runs["path"])].reset_index(drop=True)
         summaries = {path: summaries[path] for path in runs["path"]}
     return Results(root, runs.reset_index(drop=True), per_query, summaries, problems)
+
+
+def record_run_id(d: Path) -> str | None:
+    """The run id a run directory's record carries (a sweep's name), without reading the whole record."""
+    try:
+        return json.loads((d / "summary.json").read_text()).get("run_id")
+    except (OSError, ValueError):
+        return None
 
 
 def latest_per_config(runs: pd.DataFrame) -> pd.DataFrame:

@@ -47,7 +47,7 @@ def point_label(row, with_dtype: bool = True) -> str:
     parts = [row["model"]]
     if pd.notna(row.get("prune_sparsity")):
         parts.append(f"p{row['prune_sparsity']:g}" + (" act" if row.get("prune_criterion") == "activation" else ""))
-    if with_dtype and row.get("dtype") and row["dtype"] != "float32":
+    if with_dtype and isinstance(row.get("dtype"), str) and row["dtype"] != "float32":  # (BM25 has none)
         parts.append(DTYPE_SHORT.get(row["dtype"], row["dtype"]))
     return " ".join(p for p in parts if p)
 
@@ -87,9 +87,9 @@ def plot_frontier(runs: pd.DataFrame, x: str, out_dir, name: str, y: str = "ndcg
         ax.set_xlabel(title + (", better ←" if better == "lower" else ", better →"))
         ax.set_ylabel(f"{y.upper()} (higher is better)")
         ax.set_ylim(bottom=min(0, points[y].min()) - 0.02, top=max(points[y].max() * 1.1, 0.1))
-        # One dtype for every point: say it once in the title rather than on every label.
-        dtypes = points["dtype"].unique()
-        one_dtype = len(dtypes) == 1 and pd.notna(dtypes[0])
+        # One dtype for every point that has one (BM25 has none): say it once in the title, not on each label.
+        dtypes = points["dtype"].dropna().unique()
+        one_dtype = len(dtypes) == 1
         ax.set_title(dataset + (f" (all runs {DTYPE_SHORT.get(dtypes[0], dtypes[0])})" if one_dtype else ""))
         ax.grid(True, which="both", alpha=0.3)
         # Frontier labels first, so that those are the ones kept when labels would collide.

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from . import errors, pareto, plots, sensitivity
-from benchmarks.pipeline.results import atomic_dir
+from benchmarks.pipeline.record import atomic_dir
 
 from .load import AnalysisError, Results, find_dataset_texts, latest_per_config, load_results
 
@@ -45,7 +45,7 @@ def figure(md: list[str], path: str | None, caption: str) -> None:
 def section_frontier(res: Results, out: Path, md: list[str]) -> None:
     md.append("## 1. Quality against cost: the Pareto frontier\n")
     # Input perturbations change what is measured, not the model: only clean and pruned runs compete.
-    runs = res.runs[res.runs["kind"].isin(["clean", "prune"])]
+    runs = res.runs[res.runs["kind"].isin(["clean", "model"])]
     if runs.empty:
         md.append("No clean or pruned runs: frontier skipped.\n")
         return
@@ -243,6 +243,9 @@ def build_report(results_dir, out, overwrite: bool = False, run_ids: list[str] |
 
 
 def main(argv: list[str] | None = None) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")  # the command writes files only, never a window (importing the module sets nothing)
     p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--results", default="results", help="results directory (as written by benchmarks.run)")

@@ -39,15 +39,15 @@ def plot_pruning(runs: pd.DataFrame, out_dir, floor: float = FLOOR, name: str = 
     """Relative NDCG@10 against requested sparsity and against remaining parameters, one line per model
     (its clean run is the point at sparsity 0). Returns (figure, table) or (None, reason)."""
     rel = with_relative(runs, floor=floor)
-    pruned = rel[rel["kind"] == "prune"]
+    pruned = rel[(rel["kind"] == "model") & rel["prune_sparsity"].notna()]
     if pruned.empty:
         return None, "no pruning runs: pruning section skipped"
     keys = pruned["base_key"].unique()
-    data = rel[rel["base_key"].isin(keys) & rel["kind"].isin(["clean", "prune"])].copy()
+    data = rel[rel["base_key"].isin(keys) & (rel["kind"].eq("clean") | rel.index.isin(pruned.index))].copy()
     data["sparsity"] = data["prune_sparsity"].fillna(0.0).astype(float)
     # One line per pruning criterion (magnitude, activation), each starting at the model's clean run.
     data["criterion"] = data["prune_criterion"].fillna("magnitude")
-    is_prune = data["kind"] == "prune"
+    is_prune = data["kind"] == "model"
     lines = data[is_prune][["base_key", "criterion"]].drop_duplicates()
     clean_rows = data[~is_prune].drop(columns="criterion").merge(lines, on="base_key")
     data = pd.concat([data[is_prune], clean_rows], ignore_index=True)
@@ -157,8 +157,10 @@ def quantile_buckets(values: pd.Series, n: int = 4) -> pd.Series:
     """Quantile buckets of a numeric series as an ordered categorical labelled by value ranges
     (fewer than n buckets when values repeat, e.g. most queries having one relevant document)."""
     codes, edges = pd.qcut(values, n, retbins=True, duplicates="drop", labels=False)
-    fmt = "{:.0f}" if edges.max() >= 10 else "{:.2f}"
-    labels = [f"{fmt.format(edges[i])}–{fmt.format(edges[i + 1])}" for i in range(len(edges) - 1)]
+    for digits in (0 if edges.max() >= 10 else 2, 1, 2, 3, 6):  # the fewest digits that keep labels apart
+        labels = [f"{edges[i]:.{digits}f}–{edges[i + 1]:.{digits}f}" for i in range(len(edges) - 1)]
+        if len(set(labels)) == len(labels):
+            break
     return pd.Series(pd.Categorical.from_codes(codes.fillna(-1).astype(int), labels, ordered=True), index=values.index)
 
 

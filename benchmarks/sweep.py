@@ -3,10 +3,11 @@
     python -m benchmarks.sweep benchmarks/configs/archaeology.yaml [--dry-run] [--quiet] [--perturbations clean]
 
 ```yaml
-name: archaeology                  # the run id of every run: results/<dataset>/<tag>/<perturbation>/<name>
+name: archaeology                  # the run id of every run: results/<dataset>/<tag>/<perturbation>/<name>-<identity>
 output_dir: results
 datasets: [scifact]
-defaults: {dtype: bfloat16, max_length: 256}          # any RunConfig field (benchmarks/run.py)
+defaults: {max_length: 256}        # any RunConfig field (benchmarks/pipeline/record.py)
+seeds: [0, 1, 2]                   # optional repeat axis: each configuration once per seed
 perturbations: [clean, prune:0.5, sentence-shuffle]
 encoders:
   - {encoder: bert}
@@ -14,19 +15,24 @@ encoders:
   - {encoder: bm25, perturbations: [clean]}          # per-encoder list
 ```
 
-A run is complete when its run directory exists (they appear atomically) and records the same
-configuration, so a killed sweep resumes where it stopped and never redoes or half-writes a run.
-After every run the table of all runs, `<output_dir>/runs.parquet` (+ runs.csv), is rebuilt.
+A run is complete when a run directory of this sweep (they appear atomically) records the same identity
+(the hash of the resolved configuration: benchmarks/pipeline/record.py), so a killed sweep resumes where
+it stopped and never redoes or half-writes a run. Each point runs in a fresh process (its own peak
+memory; a crash fails that point only). After every run the table of all runs,
+`<output_dir>/runs.parquet` (+ runs.csv), is rebuilt.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import yaml
@@ -35,13 +41,13 @@ from tqdm.auto import tqdm
 import encoders
 
 from . import perturbations
+from .pipeline import record, retrievers
 from .pipeline.data import find_dataset
-from .run import LEXICAL, USER_ERRORS, RunConfig, run_benchmark
-from .pipeline.table import write_table
+from .pipeline.record import RunConfig
+from .pipeline.runner import USER_ERRORS, run_benchmark
 
 SWEEP_SET = ("dataset", "perturbation", "run_id", "output_dir", "overwrite")  # set by the sweep, not by entries
-# Fields that do not change what a run computes: not part of its identity.
-NOT_IDENTITY = ("show_progress", "overwrite", "output_dir", "cache", "cache_dir", "run_id")
+ENTRY_FIELDS = {f.name for f in fields(RunConfig)} - set(SWEEP_SET)
 
 
 class SweepError(Exception):
@@ -55,14 +61,42 @@ class Sweep:
     points: list[RunConfig]
 
 
-def identity(cfg: RunConfig | dict) -> str:
-    d = asdict(cfg) if isinstance(cfg, RunConfig) else dict(cfg)
-    return json.dumps({k: v for k, v in sorted(d.items()) if k not in NOT_IDENTITY}, sort_keys=True, default=str)
+def identity(cfg: RunConfig) -> str:
+    """The identity the run will record (benchmarks/pipeline/record.py), known before it runs."""
+    return record.identity(retrievers.resolve(cfg))
 
 
 def load_sweep(path: str | Path, output_dir: str | None = None) -> Sweep:
     """Parse and validate the whole grid before anything runs -> Sweep, or SweepError."""
     path = Path(path)
+    spec = read_spec(path)
+
+    def bad(msg: str):
+        return SweepError(f"{path}: {msg}")
+
+    name, out = spec["name"], str(output_dir or spec.get("output_dir", "results"))
+    defaults, seeds = spec.get("defaults") or {}, spec.get("seeds", [(spec.get("defaults") or {}).get("seed", 0)])
+    points = []
+    for i, entry in enumerate(spec["encoders"], 1):
+        entry = dict(entry)
+        for p in entry_perturbations(entry, spec.get("perturbations") or ["clean"], lambda m: bad(f"encoders entry {i}: {m}")):
+            for ds in spec["datasets"]:
+                for seed in seeds:
+                    try:
+                        points.append(RunConfig(**{**defaults, **entry, "dataset": ds, "perturbation": p.name,
+                                                   "seed": seed, "run_id": name, "output_dir": out}))
+                    except TypeError as e:
+                        raise bad(f"encoders entry {i}: {e}") from None
+    for ds in spec["datasets"]:  # a missing dataset fails now, not an hour in
+        find_dataset(ds, defaults.get("data_dir"), download=False)
+    keys = [identity(c) for c in points]
+    if len(set(keys)) != len(keys):
+        raise bad("the grid lists the same run twice")
+    return Sweep(name, Path(out), points)
+
+
+def read_spec(path: Path) -> dict:
+    """The sweep file, its top level checked (one line naming the file and the problem)."""
     try:
         spec = yaml.safe_load(path.read_text())
     except OSError as e:
@@ -75,69 +109,53 @@ def load_sweep(path: str | Path, output_dir: str | None = None) -> Sweep:
 
     if not isinstance(spec, dict):
         raise bad("expected a mapping with name, datasets, encoders, perturbations")
-    unknown = set(spec) - {"name", "output_dir", "datasets", "defaults", "perturbations", "encoders"}
+    unknown = set(spec) - {"name", "output_dir", "datasets", "defaults", "perturbations", "encoders", "seeds"}
     if unknown:
         raise bad(f"unknown key(s) {', '.join(sorted(unknown))}")
-    name = spec.get("name")
-    if not isinstance(name, str) or not name.strip():
+    if not isinstance(spec.get("name"), str) or not spec["name"].strip():
         raise bad("'name' (the run id of every run of this sweep) is required")
     datasets, entries = spec.get("datasets"), spec.get("encoders")
     if not isinstance(datasets, list) or not datasets or not all(isinstance(d, str) for d in datasets):
         raise bad("'datasets' must be a non-empty list of dataset names")
     if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
         raise bad("'encoders' must be a non-empty list of mappings, e.g. {encoder: mamba, preset: small}")
-    allowed = {f.name for f in fields(RunConfig)} - set(SWEEP_SET)
     defaults = spec.get("defaults") or {}
-    if not isinstance(defaults, dict) or set(defaults) - allowed:
-        raise bad(f"'defaults' may only set RunConfig fields; unknown: {', '.join(sorted(set(defaults) - allowed))}")
-    default_perts = spec.get("perturbations") or ["clean"]
+    if not isinstance(defaults, dict) or set(defaults) - ENTRY_FIELDS:
+        raise bad(f"'defaults' may only set RunConfig fields; unknown: {', '.join(sorted(set(defaults) - ENTRY_FIELDS))}")
+    seeds = spec.get("seeds", [0])  # the repeat axis: each configuration once per seed
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise bad("'seeds' must be a non-empty list of integers (each configuration runs once per seed)")
+    return spec
 
-    points = []
-    for i, entry in enumerate(entries, 1):
-        entry = dict(entry)
-        perts = entry.pop("perturbations", default_perts)
-        if set(entry) - allowed:
-            raise bad(f"encoders entry {i}: unknown field(s) {', '.join(sorted(set(entry) - allowed))}")
-        if "encoder" not in entry:
-            raise bad(f"encoders entry {i}: 'encoder' is required")
-        if entry.get("encoder_module"):
-            encoders.import_encoder_module(entry["encoder_module"])
-        if entry["encoder"] not in LEXICAL and entry["encoder"] not in encoders.available():
-            raise bad(f"encoders entry {i}: unknown encoder {entry['encoder']!r}; "
-                      f"known: {', '.join(encoders.available() + list(LEXICAL))}")
-        if not isinstance(perts, list) or not perts:
-            raise bad(f"encoders entry {i}: 'perturbations' must be a non-empty list")
-        for p in perts:
-            try:
-                parsed = perturbations.parse(str(p))
-            except perturbations.PerturbationError as e:
-                raise bad(f"encoders entry {i}: {e}") from None
-            if parsed.prune_step and entry["encoder"] in LEXICAL:
-                raise bad(f"encoders entry {i}: {p!r}: pruning applies to neural encoders, not {entry['encoder']}")
-            for ds in datasets:
-                try:
-                    cfg = RunConfig(**{**defaults, **entry, "dataset": ds, "perturbation": parsed.name,
-                                       "run_id": name, "output_dir": str(output_dir or spec.get("output_dir", "results"))})
-                except TypeError as e:
-                    raise bad(f"encoders entry {i}: {e}") from None
-                points.append(cfg)
-    for ds in datasets:  # a missing dataset fails now, not an hour in
-        find_dataset(ds, defaults.get("data_dir"), download=False)
-    keys = [identity(c) for c in points]
-    if len(set(keys)) != len(keys):
-        raise bad("the grid lists the same run twice")
-    return Sweep(name, Path(output_dir or spec.get("output_dir", "results")), points)
+
+def entry_perturbations(entry: dict, default: list, bad) -> list:
+    """Check one `encoders` entry (popping its own perturbation list) -> its parsed perturbations."""
+    perts = entry.pop("perturbations", default)
+    if set(entry) - ENTRY_FIELDS:
+        raise bad(f"unknown field(s) {', '.join(sorted(set(entry) - ENTRY_FIELDS))}")
+    if "encoder" not in entry:
+        raise bad("'encoder' is required")
+    if entry.get("encoder_module"):
+        encoders.import_encoder_module(entry["encoder_module"])
+    if entry["encoder"] not in retrievers.names():
+        raise bad(f"unknown encoder {entry['encoder']!r}; known: {', '.join(retrievers.names())}")
+    if not isinstance(perts, list) or not perts:
+        raise bad("'perturbations' must be a non-empty list")
+    parsed = []
+    for p in perts:
+        try:
+            parsed.append(perturbations.parse(str(p)))
+        except perturbations.PerturbationError as e:
+            raise bad(str(e)) from None
+        if parsed[-1].needs_model and not retrievers.has_model(entry["encoder"]):
+            raise bad(f"{p!r} changes a model; {entry['encoder']} has none")
+    return parsed
 
 
 def completed(sweep: Sweep) -> dict[str, Path]:
-    """identity -> run dir, for every run of this sweep already on disk."""
-    done = {}
-    for summary in sweep.output_dir.glob(f"*/*/*/{sweep.name}/summary.json"):
-        try:
-            done[identity(json.loads(summary.read_text())["config"])] = summary.parent
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable: not complete; rerunning it fails loudly on the existing directory
-    return done
+    """identity -> run dir, for every run of this sweep already on disk (unreadable ones are not complete)."""
+    found = record.summaries(sweep.output_dir, pattern=f"*/*/*/{sweep.name}*")
+    return {s["identity"]: d for d, s in found.items() if s.get("run_id") == sweep.name}
 
 
 def remove_partial(sweep: Sweep) -> int:
@@ -191,17 +209,30 @@ def run_sweep(sweep: Sweep, show_progress: bool = True, dry_run: bool = False) -
         bar.set_postfix_str(describe(cfg))
         cfg.show_progress = show_progress
         try:
-            result = run_benchmark(cfg)
-            tqdm.write(f"done  {describe(cfg)}: NDCG@10 {result.summary['metrics']['ndcg@10']:.4f}  "
-                       f"({result.summary['timings']['total_s']:.0f} s)  {result.path}")
-        except USER_ERRORS as e:  # one bad point (e.g. a checkpoint that does not load) does not stop the grid
-            failed.append(f"{describe(cfg)}: {e}")
-            tqdm.write(f"FAIL  {describe(cfg)}: {e}")
+            path, ndcg, seconds = in_fresh_process(run_point, cfg)
+            tqdm.write(f"done  {describe(cfg)}: NDCG@10 {ndcg:.4f}  ({seconds:.0f} s)  {path}")
+        except (*USER_ERRORS, BrokenProcessPool) as e:  # one bad point does not stop the grid
+            why = str(e) if not isinstance(e, BrokenProcessPool) else "the worker process died"
+            failed.append(f"{describe(cfg)}: {why}")
+            tqdm.write(f"FAIL  {describe(cfg)}: {why}")
             continue
-        write_table(sweep.output_dir)
-    write_table(sweep.output_dir)  # also when everything was already complete
+        record.write_table(sweep.output_dir)
+    record.write_table(sweep.output_dir)  # also when everything was already complete
     return dict(total=len(sweep.points), skipped=len(sweep.points) - len(todo), ran=len(todo) - len(failed),
                 failed=failed, seconds=time.perf_counter() - start)
+
+
+def run_point(cfg: RunConfig) -> tuple[str, float, float]:
+    result = run_benchmark(cfg)
+    return str(result.path), result.summary["metrics"]["ndcg@10"], result.summary["timings"]["total_s"]
+
+
+def in_fresh_process(fn, *args):
+    """Run fn(*args) in a new process: each point's peak memory is its own (ru_maxrss is per process),
+    and a crash in one point (a segfault, the OOM killer) is that point's failure, not the sweep's."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def main(argv: list[str] | None = None) -> int:

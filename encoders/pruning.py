@@ -24,6 +24,7 @@ per-head reshapes (with RetNet's per-head fixed decays) are invisible to its dep
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -119,7 +120,14 @@ def prune(encoder: Encoder, sparsity: float, criterion: str = "magnitude",
     if criterion == "activation" and not calibration_texts:
         raise PruningError("pruning criterion 'activation' needs calibration texts (a non-empty list of strings)")
     start = time.perf_counter()
-    groups = pruner_for(encoder)(encoder)
+    pruner = pruner_for(encoder)
+    # The resizes below write the new sizes into the model's config and the encoder's arch_config: give
+    # this model its own copies first, so no other model sharing those objects changes with it.
+    model = getattr(encoder, "model", None)
+    if hasattr(model, "config"):
+        model.config = copy.deepcopy(model.config)
+    encoder.arch_config = copy.deepcopy(encoder.arch_config)
+    groups = pruner(encoder)
     before = dict(params=encoder.num_parameters, prunable=prunable_parameters(groups),
                   flops=encoder.flops_per_token(encoder.max_length))
     # Rank everything before cutting anything (activation statistics need the intact model).

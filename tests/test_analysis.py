@@ -12,62 +12,53 @@ from analysis import pareto, plots, report
 from analysis.errors import holm, paired_test
 from analysis.load import AnalysisError, load_results
 from analysis.pareto import pareto_frontier
+from benchmarks.perturbations import Perturbation, parse
+from benchmarks.pipeline import record
+from benchmarks.pipeline.record import RunConfig
 
 QUERIES = [f"q{i}" for i in range(40)]
 
 
-def perturbation(spec: str) -> dict | None:
-    """The summary's `perturbation` entry for a spec (the subset of the schema the fabricator needs)."""
-    if spec == "clean":
-        return None
-    steps = []
-    for part in spec.split("+"):
-        bits = part.split(":")
-        if bits[0] == "prune":
-            s = float(bits[1])
-            steps.append(dict(kind="prune", sparsity=s, criterion="magnitude",
-                              report=dict(requested_sparsity=s, realised_sparsity=s * 0.97,
-                                          params_before=22_700_000, params_after=int(22_700_000 * (1 - 0.5 * s)))))
-        elif bits[0] == "truncate":
-            steps.append(dict(kind="truncate", side=bits[1], tokens=int(bits[2])))
-        else:
-            steps.append(dict(kind=bits[0], seed=0))
-    return dict(name=spec, slug=spec.replace(":", "-"), steps=steps)
+def steps(spec: str) -> list[dict]:
+    """The perturbation steps a run of `spec` records, with made-up statistics (pruning: a report)."""
+    p = parse(spec)
+    fake = lambda s: dict(requested_sparsity=s.sparsity, realised_sparsity=s.sparsity * 0.97,  # noqa: E731
+                          params_before=22_700_000, params_after=int(22_700_000 * (1 - 0.5 * s.sparsity)))
+    return [Perturbation._record(s, fake(s) if s.kind == "prune" else {}) for s in p.steps]
 
 
 def fabricate_run(root: Path, dataset: str, encoder: str, label: str, spec: str, ndcg: float, p50: float,
-                  dtype: str = "float32", run_id: str = "r1", seed: int = 0, data_path: str = "nowhere") -> Path:
-    """A run directory as benchmarks.run writes it: per-query NDCG@10 with mean ~`ndcg`."""
+                  dtype: str = "float32", run_id: str = "r1", seed: int = 0, data_path: str = "nowhere",
+                  checkpoint: str | None = None) -> Path:
+    """A run record with made-up numbers (per-query NDCG@10 with mean ~`ndcg`), built and written by the
+    run-record module as the runner does."""
     tag = f"{encoder}-{label}" + ("" if dtype == "float32" else f"-{dtype}")
-    d = root / dataset / tag / spec.replace(":", "-") / run_id
-    d.mkdir(parents=True)
     rng = np.random.default_rng(zlib.crc32(f"{encoder}{label}{spec}{dtype}{run_id}".encode()))
     scores = np.clip(ndcg + rng.normal(0, min(0.15, ndcg / 3), len(QUERIES)), 0, 1)
     scores = np.clip(scores - scores.mean() + ndcg, 0, 1)
-    pq = pd.DataFrame({"qid": QUERIES, "query_tokens": [5 + i % 7 for i in range(len(QUERIES))],
+    pq = pd.DataFrame({"query_tokens": [5 + i % 7 for i in range(len(QUERIES))],
                        "num_relevant": [1 + i % 3 for i in range(len(QUERIES))], "num_retrieved": 100,
                        "relevant_doc_words": [80 + 7 * i for i in range(len(QUERIES))], "ndcg@10": scores,
-                       "recall@100": np.clip(scores + 0.2, 0, 1)})
-    pq.to_csv(d / "per_query.csv", index=False)
-    summary = dict(
-        run_id=run_id, created=f"2026-11-23T10:00:{len(run_id):02d}+0000",
+                       "recall@100": np.clip(scores + 0.2, 0, 1)}, index=pd.Index(QUERIES, name="qid"))
+    preset = None if encoder in ("bert", "bm25") or checkpoint else label
+    config = RunConfig(encoder=encoder, dataset=dataset, preset=preset, checkpoint=checkpoint, dtype=dtype, seed=seed,
+                       perturbation=spec, device="cpu", run_id=run_id)
+    rec = record.new_record(
+        run_id=run_id, config=config,
         dataset=dict(name=dataset, path=data_path, split="test", documents=6, queries=len(QUERIES), judgments=60,
                      warnings={}),
+        retriever=dict(name=encoder, tag=tag, config=dict(encoder=encoder, label=label, dtype=dtype, max_length=256),
+                       num_parameters=0 if encoder == "bm25" else 22_700_000, flops_per_token=1e7, embedding_dim=384,
+                       kernel_path="test"),
+        perturbation=dict(name=parse(spec).name, slug=parse(spec).slug, steps=steps(spec)), retrieval={},
         metrics={"ndcg@10": float(scores.mean()), "recall@100": float(pq["recall@100"].mean())},
-        encoder=dict(name=encoder, tag=tag, config=dict(encoder=encoder, label=label, dtype=dtype, max_length=256),
-                     num_parameters=0 if encoder == "bm25" else 22_700_000, flops_per_token=1e7, embedding_dim=384,
-                     kernel_path="test"),
-        config=dict(encoder=encoder, dataset=dataset, preset=None if encoder in ("bert", "bm25") else label,
-                    checkpoint=None, dtype=dtype, seed=seed),
         timings=dict(corpus_encode=dict(texts_per_s=1000.0 / p50, tokens_per_s=1e5 / p50, cached=False),
                      query_latency=dict(p50_ms=p50, p95_ms=p50 * 1.3), total_s=10.0),
-        environment=dict(python="3.11", cpu="test cpu", device="cpu", packages={"torch": "2.13.0"},
-                         git=dict(commit="abc123", dirty=False)),
-    )
-    if perturbation(spec):
-        summary["perturbation"] = perturbation(spec)
-    (d / "summary.json").write_text(json.dumps(summary))
-    return d
+        environment=dict(python="3.11", cpu="test cpu", device="cpu", git=dict(commit="abc123", dirty=False)),
+        per_query=pq, run={q: {} for q in QUERIES})
+    rec.summary["created"] = f"2026-11-23T10:00:{len(run_id):02d}+0000"
+    d = root / dataset / tag / parse(spec).slug / record.run_dir_name(run_id, config)
+    return record.write(rec, d)
 
 
 def fabricate(root: Path, data_path: str = "nowhere") -> Path:
@@ -195,7 +186,7 @@ def test_load_tidy_frames(tmp_path):
     assert res.problems == []
     assert len(res.runs) == 3 * 6 + 1 + 2 and len(res.per_query) == len(res.runs) * len(QUERIES)
     bert = res.runs[res.runs["encoder"] == "bert"]
-    assert set(bert["kind"]) == {"clean", "prune", "input"}
+    assert set(bert["kind"]) == {"clean", "model", "input"}
     # The fp32 repeat shares a configuration; the bf16 run does not.
     clean = bert[bert["kind"] == "clean"]
     assert clean["config_key"].nunique() == 2 and set(clean["name"]) == {"bert all-MiniLM-L6-v2",
@@ -207,10 +198,8 @@ def test_load_tidy_frames(tmp_path):
 def test_load_selects_run_ids_and_names_checkpoints(tmp_path):
     results = fabricate(tmp_path / "results")
     # A trained student, evaluated by a sweep named "trained": its checkpoint directory names the model.
-    d = fabricate_run(results, "scifact", "mamba", "mamba-small-scifact-distill20", "clean", 0.4, 8.0, run_id="trained")
-    summary = json.loads((d / "summary.json").read_text())
-    summary["config"].update(preset=None, checkpoint="results/checkpoints/mamba-small-scifact-distill20")
-    (d / "summary.json").write_text(json.dumps(summary))
+    fabricate_run(results, "scifact", "mamba", "mamba-small-scifact-distill20", "clean", 0.4, 8.0, run_id="trained",
+                  checkpoint="results/checkpoints/mamba-small-scifact-distill20")
     res = load_results(results, run_ids=["trained"])
     assert list(res.runs["model"]) == ["mamba small-scifact-distill20"] and len(res.per_query) == len(QUERIES)
     assert len(load_results(results, run_ids=["r1", "trained"]).runs) == len(load_results(results).runs) - 1

@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from benchmarks.perturbations import PerturbationError, parse, perturb_corpus
+from benchmarks.perturbations import Context, PerturbationError, parse
 from benchmarks.perturbations import text as T
 from benchmarks.run import main
 from encoders.base import load_tokenizer
@@ -90,9 +90,11 @@ def test_distractor_padding_reaches_the_factor_and_keeps_the_document(side):
 
 def test_composed_perturbation_records_each_step():
     p = parse("truncate:head:16+token-shuffle")
-    out, steps = perturb_corpus(CORPUS, p, seed=3, tokenizer=load_tokenizer())
-    assert [s["kind"] for s in steps] == ["truncate", "token-shuffle"] and steps[1]["seed"] == 3
-    assert all("stats" in s for s in steps)
+    out, steps = p.apply_corpus(CORPUS, Context(seed=3, tokenizer=load_tokenizer()))
+    assert [s["kind"] for s in steps] == ["truncate", "token-shuffle"]
+    assert all("stats" in s and s["target"] == "corpus" for s in steps)
+    assert steps[0]["columns"] == dict(truncate_side="head", truncate_tokens=16) and steps[1]["columns"] == dict(shuffle="token")
+    assert out == T.token_shuffle(T.truncate(CORPUS, "head", 16, load_tokenizer())[0], 3)[0]  # in order, seeded
 
 
 def cli(*args):
@@ -103,11 +105,11 @@ def test_corpus_perturbation_reuses_cached_query_embeddings(tiny_dataset, tmp_pa
     common = ["--dataset", "tiny", "--data-dir", str(tiny_dataset.parent), "--output-dir", str(tmp_path / "r")]
     assert cli(*common, "--run-id", "clean") == 0
     assert cli(*common, "--run-id", "shuf", "--perturbation", "token-shuffle") == 0  # (tiny docs: 1 sentence)
-    clean = json.loads(next((tmp_path / "r").glob("tiny/*/clean/clean/summary.json")).read_text())
-    shuf = json.loads(next((tmp_path / "r").glob("tiny/*/token-shuffle/shuf/summary.json")).read_text())
+    clean = json.loads(next((tmp_path / "r").glob("tiny/*/clean/clean-*/summary.json")).read_text())
+    shuf = json.loads(next((tmp_path / "r").glob("tiny/*/token-shuffle/shuf-*/summary.json")).read_text())
     assert shuf["timings"]["query_encode"]["cached"] is True
     assert shuf["timings"]["corpus_encode"]["cached"] is False
-    assert shuf["perturbation"]["name"] == "token-shuffle" and shuf["perturbation"]["steps"][0]["seed"] == 0
+    assert shuf["perturbation"]["name"] == "token-shuffle" and shuf["perturbation"]["steps"][0]["kind"] == "token-shuffle"
     assert clean["perturbation"] == dict(name="clean", slug="clean", steps=[])
 
 
@@ -125,10 +127,10 @@ def test_bm25_runs_through_the_runner_and_ignores_word_order(tiny_dataset, tmp_p
               "--output-dir", str(tmp_path / "r")]
     assert cli(*common, "--run-id", "a") == 0
     assert cli(*common, "--run-id", "b", "--perturbation", "token-shuffle") == 0
-    runs = {p.parent.name: (p.parent / "run.trec").read_text() for p in (tmp_path / "r").rglob("summary.json")}
+    runs = {p.parent.name.split("-")[0]: (p.parent / "run.trec").read_text() for p in (tmp_path / "r").rglob("summary.json")}
     strip = lambda t: sorted(line.split()[:5] for line in t.splitlines())  # noqa: E731 (drop the run tag)
     assert strip(runs["a"]) == strip(runs["b"])  # BM25 is a bag of words: shuffling changes nothing
-    s = json.loads(next((tmp_path / "r").rglob("a/summary.json")).read_text())
+    s = json.loads(next((tmp_path / "r").rglob("a-*/summary.json")).read_text())
     assert s["encoder"]["name"] == "bm25" and s["encoder"]["config"]["k1"] == 0.9
     assert s["timings"]["query_latency"]["p50_ms"] > 0 and s["metrics"]["ndcg@10"] > 0.5
     assert cli(*common, "--run-id", "c", "--perturbation", "prune:0.5") == 2

@@ -11,7 +11,7 @@ from encoders.pruning import prune, pruner_for
 from encoders import Encoder
 from encoders.bert import BertEncoder
 
-ARCHS = ["bert", "mamba", "rwkv", "hyena", "retnet", "gla"]
+ARCHS = list(encoders.ARCHITECTURES)
 TEXTS = [
     "Plants convert sunlight, water and carbon dioxide into sugar.",
     "What produces energy in a cell?",

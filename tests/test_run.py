@@ -23,7 +23,7 @@ def test_end_to_end_on_tiny_dataset(tiny_dataset, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "NDCG@10" in printed and "first" in printed and "1 empty documents" in printed
 
-    run = out / "tiny" / "bert-all-MiniLM-L6-v2" / "clean" / "first"
+    [run] = (out / "tiny" / "bert-all-MiniLM-L6-v2" / "clean").glob("first-*")
     summary = json.loads((run / "summary.json").read_text())
     per_query = pd.read_csv(run / "per_query.csv", dtype={"qid": str}).set_index("qid")
     assert list(per_query.index) == ["q1", "q2", "q3"]
@@ -45,9 +45,15 @@ def test_end_to_end_on_tiny_dataset(tiny_dataset, tmp_path, capsys):
     # Second identical run: embeddings come from the cache, results are identical.
     assert cli("--dataset", "tiny", "--data-dir", str(tiny_dataset.parent), "--output-dir", str(out),
                "--run-id", "second") == 0
-    second = json.loads((out / "tiny" / "bert-all-MiniLM-L6-v2" / "clean" / "second" / "summary.json").read_text())
+    [second_dir] = (out / "tiny" / "bert-all-MiniLM-L6-v2" / "clean").glob("second-*")
+    second = json.loads((second_dir / "summary.json").read_text())
     assert second["timings"]["corpus_encode"]["cached"] and second["timings"]["query_encode"]["cached"]
     assert second["metrics"] == summary["metrics"]
+    # Same configuration, same identity; the run id and directory differ.
+    assert second["identity"] == summary["identity"] and second_dir.name.split("-")[-1] == run.name.split("-")[-1]
+    # A cache hit never borrows the throughput recorded with the entry: this run timed a sample itself.
+    hit = second["timings"]["corpus_encode"]
+    assert hit["measured_on"] == 6 and hit["seconds"] != t["corpus_encode"]["seconds"]
 
     # The same run id again: refused, the first run untouched; --overwrite replaces it.
     before = (run / "summary.json").read_text()

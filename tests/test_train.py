@@ -20,7 +20,7 @@ QUERIES = [{"_id": "tr1", "text": "how do plants make sugar from light"},
            {"_id": "tr2", "text": "what produces energy in a cell"},
            {"_id": "tr3", "text": "how does a jet engine work"},
            {"_id": "te1", "text": SECRET}]
-ARCHS = ["bert", "mamba", "rwkv", "hyena", "retnet", "gla"]
+ARCHS = list(encoders.ARCHITECTURES)
 
 
 @pytest.fixture

@@ -10,12 +10,25 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import replace
 
 import numpy as np
+import torch
+
+from encoders.base import load_tokenizer, title_text
+
+from .retrievers import register_retriever
 
 
+@register_retriever("bm25")
 class BM25Retriever:
+    """The `Retriever` interface over bm25s. Token counts (truncation perturbations, query lengths) use
+    the default BERT WordPiece, so "64 tokens" means the same text for every retriever."""
+
     name = "bm25"
+    model = None  # nothing for model-side perturbations to act on
+    title_sep = " "
+    device = torch.device("cpu")
 
     def __init__(self, k1: float = 0.9, b: float = 0.4, method: str = "lucene", stemmer: str | None = "english",
                  stopwords: str | None = "en"):
@@ -30,7 +43,23 @@ class BM25Retriever:
         self.model = bm25s.BM25(method=method, k1=k1, b=b)
         self.doc_ids: list[str] = []
         self.label = f"bm25s-{method}-k{k1:g}-b{b:g}"
-        self.last_stats: dict = {}
+        self.tokenizer = load_tokenizer()
+
+    @classmethod
+    def resolve(cls, cfg):
+        return replace(cfg, device="cpu", dtype=None)  # no tensors: a dtype would only split identities
+
+    @classmethod
+    def from_config(cls, cfg, cache=None):
+        return cls(**cfg.encoder_options)
+
+    def tag(self) -> str:
+        return f"{self.name}-{self.label}"
+
+    def describe(self) -> dict:
+        return dict(name=self.name, tag=self.tag(), config=self.config(), fingerprint=self.fingerprint,
+                    num_parameters=0, kernel_path="bm25s (numpy, scipy.sparse)", flops_per_token=0.0,
+                    batch_tokens=None, embedding_dim=None)
 
     def config(self) -> dict:
         return dict(encoder=self.name, label=self.label, k1=self.k1, b=self.b, method=self.method,
@@ -46,19 +75,20 @@ class BM25Retriever:
         return bm25s.tokenize(texts, stopwords=self.stopwords, stemmer=self._stemmer, return_ids=ids,
                               show_progress=False)
 
-    def index(self, doc_ids: list[str], texts: list[str]) -> None:
+    def index(self, doc_ids: list[str], docs: list[dict]) -> dict:
         start = time.perf_counter()
         self.doc_ids = list(doc_ids)
+        texts = [title_text(d, self.title_sep) for d in docs]
         tokens = self._tokenize(texts, ids=True)
         self.model.index(tokens, show_progress=False)
         seconds = time.perf_counter() - start
         n_tokens = sum(len(t) for t in tokens.ids)
-        self.last_stats = dict(texts=len(texts), tokens=n_tokens, seconds=seconds, texts_per_s=len(texts) / seconds,
-                               tokens_per_s=n_tokens / seconds, flops_per_token=0.0, flops_per_s=0.0, cached=False)
+        return dict(texts=len(texts), tokens=n_tokens, seconds=seconds, texts_per_s=len(texts) / seconds,
+                    tokens_per_s=n_tokens / seconds, flops_per_token=0.0, flops_per_s=0.0, cached=False)
 
-    def search(self, query_ids: list[str], texts: list[str], top_k: int = 100) -> dict[str, dict[str, float]]:
-        """{qid: {docid: score}}, best first; only documents sharing a term with the query (as Lucene
-        returns them), ties broken by document id descending like trec_eval."""
+    def search(self, query_ids: list[str], texts: list[str], top_k: int = 100) -> tuple[dict, dict]:
+        """({qid: {docid: score}}, stats), best first; only documents sharing a term with the query (as
+        Lucene returns them), ties broken by document id descending like trec_eval."""
         k = min(len(self.doc_ids), top_k + 8)  # margin: see ties at the cut
         run = {}
         for qid, tokens in zip(query_ids, self._tokenize(texts, ids=False)):
@@ -68,7 +98,7 @@ class BM25Retriever:
             idx, scores = self.model.retrieve([tokens], k=k, show_progress=False)
             hits = sorted(((float(s), self.doc_ids[i]) for s, i in zip(scores[0], idx[0]) if s > 0), reverse=True)
             run[qid] = {d: s for s, d in hits[:top_k]}
-        return run
+        return run, dict(top_k=top_k, similarity="bm25")
 
     def query_latency(self, queries: list[str], n: int = 100, warmup: int = 10, top_k: int = 100) -> dict:
         """Per-query latency at batch size 1: tokenize + score + top-k, as at serving time."""

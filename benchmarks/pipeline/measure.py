@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 
@@ -30,8 +31,25 @@ def query_latency(encoder, queries: list[str], n: int = 100, warmup: int = 10) -
                 n=len(times), warmup=warmup, batch_size=1)
 
 
+def reset_peak_memory() -> None:
+    """Start a run's CUDA peak from here. (The process's RSS peak cannot be reset: the sweep runs each
+    point in a fresh process, so `peak_rss_mb` is that run's own.)"""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def rss_mb() -> float:
+    """The process's resident memory now."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
 def peak_memory(device: torch.device) -> dict:
-    out = dict(peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB
+    out = dict(peak_rss_mb=peak_rss_mb())
     if device.type == "cuda":
         out["cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out

@@ -19,7 +19,8 @@ import time
 
 import torch
 
-ARCHS = ["bert", "mamba", "rwkv", "hyena", "retnet", "gla"]
+from encoders import ARCHITECTURES
+
 
 
 def make_texts(tokenizer, count: int, length: int, seed: int = 0) -> list[str]:
@@ -74,7 +75,7 @@ def bench(name: str, args, sparsities: list[float]) -> list[dict]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--encoders", default=",".join(ARCHS))
+    parser.add_argument("--encoders", default=",".join(ARCHITECTURES))
     parser.add_argument("--preset", choices=["tiny", "small", "base"], default=None,
                         help="preset for every architecture (default: small; BERT: the packaged MiniLM)")
     parser.add_argument("--sparsity", default="0.3,0.5,0.7")

@@ -10,9 +10,8 @@ import argparse
 import torch
 
 import encoders
-from encoders import PRESETS
+from encoders import ARCHITECTURES, PRESETS
 
-ARCHITECTURES = ("bert", "mamba", "rwkv", "hyena", "retnet", "gla")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,19 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ARCHITECTURES = ("bert", "mamba", "rwkv", "hyena", "retnet", "gla")
+from encoders import ARCHITECTURES
+from benchmarks.pipeline.measure import peak_rss_mb, rss_mb
+
 LENGTHS = (128, 256, 512, 1024, 2048, 4096)
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def worker(name: str, length: int, tokens: int, repeats: int, preset: str, max_length: int, dtype: str) -> dict:
@@ -50,7 +46,7 @@ def worker(name: str, length: int, tokens: int, repeats: int, preset: str, max_l
             start = time.perf_counter()
             enc(ids, mask)
             times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     times.sort()
     seconds = times[len(times) // 2]
     n = batch * length

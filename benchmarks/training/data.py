@@ -11,6 +11,7 @@ import numpy as np
 
 from ..pipeline.cache import EmbeddingCache
 from ..pipeline.data import load_dataset
+from ..pipeline.embed import embed_texts
 from .config import TrainConfig, TrainError
 
 
@@ -53,15 +54,9 @@ def teacher_embeddings(teacher, queries: list[str], docs: list[dict], cache: Emb
     """The teacher's (normalised) embeddings of the train queries and the documents -> (tq, td), from
     the embedding cache when an entry exists (keyed by the teacher's fingerprint and the exact texts;
     the corpus entry is the one `benchmarks.run` writes for the same model and max length)."""
-    fingerprint = teacher.fingerprint
     out = []
-    for texts in (teacher.query_texts(queries), teacher.corpus_texts(docs)):
-        hit = cache.load(fingerprint, texts)
-        if hit is None:
-            emb = teacher.encode(texts, desc="teacher")
-            cache.save(fingerprint, texts, emb, dict(teacher.last_stats))
-        else:
-            emb = hit[0]
+    for texts, what in ((teacher.query_texts(queries), "teacher queries"), (teacher.corpus_texts(docs), "teacher corpus")):
+        emb, _ = embed_texts(teacher, texts, what, cache, measure=False)
         out.append(emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12))
     return out[0], out[1]
 

@@ -1,0 +1,296 @@
+"""The run record: what one run records, its identity, and how it is written, read back and flattened.
+
+A run directory holds
+    summary.json    configuration + identity, dataset description, retriever description, perturbation
+                    steps, retrieval statistics, aggregate metrics, timings, environment (`SCHEMA`)
+    per_query.csv   one row per judged query: lengths and every metric, at full precision
+    run.trec        the ranking in TREC format, full-precision scores
+
+Identity. `identity(config)` hashes every option that can change a result (`RunConfig` minus the
+bookkeeping in `NOT_IDENTITY`), with the dataset reduced to its name and the perturbation to its
+canonical spec. The runner hashes the *resolved* configuration (device and dtype as they ran), so two
+runs that differ in any result-changing option never share an identity. An option added later goes into
+`ADDED_LATER` with its default, and is left out of the hash at that default, so existing results keep
+their identity. `group` is the identity without the repeat axes (the seed): runs sharing it are repeats
+of one configuration, and the analysis pools them; `base` is the group of the unperturbed configuration.
+
+The runner, the sweep, the runs table and the analysis all go through this module; `read` upgrades
+records written before this schema, so old results keep loading and old sweeps keep resuming.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import pandas as pd
+
+from .. import perturbations
+from .metrics import METRICS
+from .results import atomic_dir, check_target
+
+SCHEMA = 2
+# RunConfig fields that say where things are or how the run is shown, not what it computes.
+NOT_IDENTITY = ("data_dir", "encoder_module", "output_dir", "run_id", "overwrite", "cache", "cache_dir",
+                "show_progress")
+REPEAT_AXES = ("seed",)  # runs differing only here are repeats of one configuration
+# Options added after results existed -> their default then: left out of the identity at that value.
+ADDED_LATER: dict[str, object] = {}
+
+
+@dataclass
+class RunConfig:
+    encoder: str = "bert"  # a registered encoder, or a registered retriever kind (bm25)
+    dataset: str = "scifact"
+    split: str = "test"
+    data_dir: str | None = None
+    checkpoint: str | None = None
+    preset: str | None = None
+    encoder_module: str | None = None
+    max_length: int | None = None  # None: the encoder's (or checkpoint's) own default
+    batch_tokens: int | None = None
+    pooling: str | None = None
+    bidirectional: str | None = None
+    perturbation: str = "clean"  # see benchmarks/perturbations/__init__.py, e.g. "prune:0.5+sentence-shuffle"
+    device: str = "auto"
+    dtype: str = "float32"
+    top_k: int = 100
+    drop_self_hits: str = "auto"  # auto | on | off
+    output_dir: str = "results"
+    run_id: str | None = None
+    overwrite: bool = False
+    seed: int = 0
+    cache: bool = True
+    cache_dir: str | None = None
+    latency_queries: int = 100
+    show_progress: bool = True
+    encoder_options: dict = field(default_factory=dict)  # further keyword arguments for the encoder
+
+
+CONFIG_FIELDS = tuple(f.name for f in fields(RunConfig))
+
+
+# -- identity -------------------------------------------------------------------------------------
+def identity_fields(config: RunConfig | dict, drop: tuple[str, ...] = ()) -> dict:
+    """The result-changing part of a configuration, canonicalised."""
+    d = asdict(config) if isinstance(config, RunConfig) else dict(config)
+    out = {k: v for k, v in d.items() if k not in NOT_IDENTITY and k not in drop
+           and not (k in ADDED_LATER and v == ADDED_LATER[k])}
+    out["dataset"] = Path(str(out.get("dataset", ""))).name  # a name, wherever the folder lives
+    if "perturbation" in out:
+        out["perturbation"] = perturbations.parse(out["perturbation"]).name
+    return out
+
+
+def _hash(d: dict) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def identity(config: RunConfig | dict) -> str:
+    return _hash(identity_fields(config))
+
+
+def group(config: RunConfig | dict) -> str:
+    return _hash(identity_fields(config, drop=REPEAT_AXES))
+
+
+def base(config: RunConfig | dict) -> str:
+    return _hash(dict(identity_fields(config, drop=REPEAT_AXES), perturbation="clean"))
+
+
+def run_dir_name(run_id: str, config: RunConfig | dict) -> str:
+    """`<run-id>-<identity[:8]>`: one run id (a sweep's name) holds many configurations side by side."""
+    return f"{run_id}-{identity(config)[:8]}"
+
+
+# -- the record -----------------------------------------------------------------------------------
+@dataclass
+class RunRecord:
+    summary: dict  # summary.json (see `new_record` for its keys)
+    per_query: pd.DataFrame  # index qid
+    run: dict | None = None  # {qid: {doc id: score}} in rank order; None when read without it
+
+    @property
+    def metrics(self) -> dict:
+        return self.summary["metrics"]
+
+
+def new_record(*, run_id: str, config: RunConfig, dataset: dict, retriever: dict, perturbation: dict,
+               retrieval: dict, metrics: dict, timings: dict, environment: dict, per_query: pd.DataFrame,
+               run: dict) -> RunRecord:
+    """The one place the fields of a run record are listed."""
+    summary = dict(
+        schema=SCHEMA, run_id=run_id, identity=identity(config), group=group(config), base=base(config),
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), config=asdict(config), dataset=dataset,
+        encoder=retriever, perturbation=perturbation, retrieval=retrieval, metrics=metrics, timings=timings,
+        environment=environment,
+    )
+    return RunRecord(summary, per_query, run)
+
+
+def write(record: RunRecord, target: Path, overwrite: bool = False) -> Path:
+    """Write the run directory atomically (it appears whole or not at all)."""
+    check_target(target, overwrite)
+    tag = record.summary["encoder"]["tag"]
+    with atomic_dir(target) as tmp:
+        (tmp / "summary.json").write_text(json.dumps(record.summary, indent=2, default=str) + "\n")
+        record.per_query.to_csv(tmp / "per_query.csv", float_format="%.17g")  # full precision
+        with open(tmp / "run.trec", "w") as f:
+            for qid, docs in record.run.items():
+                for rank, (did, score) in enumerate(docs.items(), 1):
+                    f.write(f"{qid} Q0 {did} {rank} {score!r} {tag}\n")  # repr: the shortest exact float
+    return target
+
+
+def read(d: str | Path, with_run: bool = False) -> RunRecord:
+    """A run directory -> RunRecord (records of older schemas upgraded); ValueError says what is wrong."""
+    d = Path(d)
+    try:
+        summary = upgrade(json.loads((d / "summary.json").read_text()))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"summary.json is not valid JSON ({e.msg} at line {e.lineno})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"summary.json cannot be read ({e})") from None
+    except (KeyError, TypeError, AttributeError, perturbations.PerturbationError) as e:
+        raise ValueError(f"summary.json lacks a field a run record has ({type(e).__name__}: {e})") from None
+    if not (d / "per_query.csv").is_file():
+        raise ValueError("per_query.csv is missing")
+    try:
+        pq = pd.read_csv(d / "per_query.csv", dtype={"qid": str}).set_index("qid")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, KeyError) as e:
+        raise ValueError(f"per_query.csv cannot be parsed ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    return RunRecord(summary, pq, read_trec(d / "run.trec") if with_run else None)
+
+
+def read_trec(path: Path) -> dict:
+    run: dict[str, dict[str, float]] = {}
+    with open(path) as f:
+        for line in f:
+            qid, _, did, _, score, _ = line.split()
+            run.setdefault(qid, {})[did] = float(score)
+    return run
+
+
+def upgrade(summary: dict) -> dict:
+    """A summary of an older schema in today's form (schema 1: no identity, steps without columns,
+    the device as asked rather than as run)."""
+    if summary.get("schema") == SCHEMA:
+        return summary
+    summary = dict(summary)
+    config = {k: v for k, v in summary["config"].items() if k in CONFIG_FIELDS}
+    # Resolved as the runner now does: the device it ran on, the dtype the retriever used (none for BM25).
+    if config.get("device") == "auto":
+        config["device"] = str(summary.get("environment", {}).get("device", "cpu"))
+    config["dtype"] = (summary["encoder"].get("config") or {}).get("dtype")
+    steps = [dict(s, target=perturbations.step_target(s), columns=perturbations.step_columns(s))
+             for s in (summary.get("perturbation") or {}).get("steps", [])]
+    summary["perturbation"] = dict(summary.get("perturbation") or {"name": "clean", "slug": "clean"}, steps=steps)
+    summary.update(schema=SCHEMA, config=config, identity=identity(config), group=group(config), base=base(config))
+    return summary
+
+
+# -- flattening: the runs table -------------------------------------------------------------------
+PERTURBATION_COLUMNS = ("prune_sparsity", "prune_realised", "prune_criterion", "shuffle", "truncate_side",
+                        "truncate_tokens", "pad_side", "pad_factor")
+
+
+def perturbation_kind(steps: list[dict]) -> str:
+    """clean | model (only model steps) | input (only corpus steps) | mixed."""
+    targets = {s["target"] for s in steps}
+    return {frozenset(): "clean", frozenset({"model"}): "model", frozenset({"corpus"}): "input"}.get(
+        frozenset(targets), "mixed")
+
+
+def flatten(summary: dict, path: str | Path) -> dict:
+    """One row of the runs table: identity, configuration, perturbation columns, metrics, costs."""
+    enc, cfg, t = summary["encoder"], summary["config"], summary.get("timings", {})
+    corpus, lat, env = t.get("corpus_encode", {}), t.get("query_latency", {}), summary.get("environment", {})
+    steps = summary["perturbation"]["steps"]
+    row = dict(path=str(path), run_id=summary.get("run_id"), identity=summary["identity"], group=summary["group"],
+               base=summary["base"], created=summary.get("created"), dataset=summary["dataset"]["name"],
+               split=summary["dataset"].get("split"), encoder=enc["name"], label=enc.get("config", {}).get("label"),
+               tag=enc.get("tag"), preset=cfg.get("preset"), checkpoint=cfg.get("checkpoint"),
+               dtype=enc.get("config", {}).get("dtype", cfg.get("dtype")),
+               max_length=enc.get("config", {}).get("max_length"), seed=cfg.get("seed"),
+               perturbation=summary["perturbation"].get("name", "clean"), kind=perturbation_kind(steps))
+    row.update(dict.fromkeys(PERTURBATION_COLUMNS))
+    for step in steps:
+        row.update(step["columns"])
+    prune = next((s.get("stats") or s.get("report") or {} for s in steps if s["kind"] == "prune"), {})
+    row.update(num_parameters=enc.get("num_parameters"), params_before=prune.get("params_before", enc.get("num_parameters")),
+               params_after=prune.get("params_after", enc.get("num_parameters")),
+               flops_per_token=enc.get("flops_per_token"), embedding_dim=enc.get("embedding_dim"),
+               kernel_path=enc.get("kernel_path"))
+    row.update({m: summary["metrics"].get(m) for m in METRICS})
+    row.update(query_p50_ms=lat.get("p50_ms"), query_p95_ms=lat.get("p95_ms"),
+               corpus_docs_per_s=corpus.get("texts_per_s"), corpus_tokens_per_s=corpus.get("tokens_per_s"),
+               corpus_cached=corpus.get("cached"), total_s=t.get("total_s"), peak_rss_mb=t.get("peak_rss_mb"),
+               cuda_peak_mb=t.get("cuda_peak_mb"), device=env.get("device"),
+               cpu=env.get("cpu"), git_commit=env.get("git", {}).get("commit"))
+    return row
+
+
+def run_dirs(results_dir: str | Path) -> list[Path]:
+    """Every run directory under `results_dir` (hidden temporary dirs and the cache excluded)."""
+    root = Path(results_dir)
+    found = []
+    for p in sorted(root.rglob("summary.json")):
+        rel = p.parent.relative_to(root)
+        if not any(part.startswith(".") for part in rel.parts):
+            found.append(p.parent)
+    return found
+
+
+def summaries(results_dir: str | Path, pattern: str = "**") -> dict[Path, dict]:
+    """run dir -> upgraded summary, for every readable run under results_dir matching `pattern`."""
+    out = {}
+    for p in sorted(Path(results_dir).glob(f"{pattern}/summary.json")):
+        if any(part.startswith(".") for part in p.parent.relative_to(results_dir).parts):
+            continue
+        try:
+            out[p.parent] = upgrade(json.loads(p.read_text()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, perturbations.PerturbationError):
+            pass  # unreadable: not a complete run
+    return out
+
+
+def collect(results_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
+    """(one row per readable run, one line per run that could not be read)."""
+    rows, problems = [], []
+    for d in run_dirs(results_dir):
+        try:
+            rows.append(flatten(upgrade(json.loads((d / "summary.json").read_text())), d))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, perturbations.PerturbationError) as e:
+            problems.append(f"{d / 'summary.json'}: {type(e).__name__}: {e}")
+    return pd.DataFrame(rows), problems
+
+
+def _replace(path: Path, write_fn) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_table(results_dir: str | Path) -> Path:
+    """Rebuild `<results>/runs.parquet` and `runs.csv` atomically from every run; returns the parquet path."""
+    root = Path(results_dir)
+    frame, _ = collect(root)
+    root.mkdir(parents=True, exist_ok=True)
+    _replace(root / "runs.parquet", lambda p: frame.to_parquet(p, index=False))
+    _replace(root / "runs.csv", lambda p: frame.to_csv(p, index=False))
+    return root / "runs.parquet"
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,155 @@
+"""Retrievers: the one interface the runner drives. A retriever indexes a corpus, searches queries,
+times batch-1 queries and describes itself; a run never asks which kind it has.
+
+    dense    any registered encoder (encoders.load) + exact FAISS search over its embeddings
+    bm25     lexical (benchmarks/pipeline/bm25.py), registered with @register_retriever("bm25")
+
+A user's kind (say a learned sparse retriever) is a class with the `Retriever` members and a
+`from_config(config, cache)` classmethod, registered with `@register_retriever("name")`; then
+`--encoder name` runs it through the same runner, record and results layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Protocol
+
+import numpy as np
+
+import encoders
+from encoders import EncoderError
+
+from . import index, measure
+from .cache import EmbeddingCache
+from .embed import embed_texts
+
+
+class Retriever(Protocol):
+    name: str
+    model: object  # the encoder model-side perturbations act on; None for a retriever without one
+    tokenizer: object  # counts tokens: truncation perturbations, per-query lengths
+    title_sep: str  # between a document's title and text
+    device: object  # a torch.device: where peak memory is read
+
+    @classmethod
+    def resolve(cls, config): ...  # -> the config as it will run (device, dtype)
+    @classmethod
+    def from_config(cls, config, cache): ...
+    def tag(self) -> str: ...  # short name for result paths
+    def index(self, doc_ids: list[str], docs: list[dict]) -> dict: ...  # -> indexing stats (throughput)
+    def search(self, query_ids: list[str], queries: list[str], top_k: int) -> tuple[dict, dict]: ...  # -> (run, stats)
+    def query_latency(self, queries: list[str], n: int) -> dict: ...
+    def describe(self) -> dict: ...  # name, tag, config, fingerprint, num_parameters, kernel_path, ...
+
+
+_KINDS: dict[str, type] = {}
+
+
+def register_retriever(name: str):
+    """Class decorator: `--encoder name` builds this retriever (`cls.from_config(config, cache)`)."""
+    def decorate(cls):
+        _KINDS[name] = cls
+        return cls
+    return decorate
+
+
+def names() -> list[str]:
+    """Every name `--encoder` accepts: registered encoders (dense) and retriever kinds."""
+    return encoders.available() + sorted(_KINDS)
+
+
+def check(name: str) -> None:
+    if name not in _KINDS:
+        encoders.get(name)  # unknown: one line naming what exists
+
+
+def has_model(name: str) -> bool:
+    return getattr(_KINDS.get(name), "model", True) is not None
+
+
+def load(config, cache: EmbeddingCache) -> Retriever:
+    return _KINDS.get(config.encoder, DenseRetriever).from_config(config, cache)
+
+
+def resolve(config):
+    """The configuration as it will run (device and dtype settled), without loading anything: the run's
+    identity is computed from it, by the runner and by a sweep deciding what is already done."""
+    return _KINDS.get(config.encoder, DenseRetriever).resolve(config)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def encoder_tag(encoder) -> str:
+    tag = f"{encoder.name}-{encoder.label}"
+    if getattr(encoder, "bidirectional", None):
+        tag += f"-bi{encoder.bidirectional}"
+    if getattr(encoder, "dtype_name", "float32") != "float32":
+        tag += f"-{encoder.dtype_name}"
+    return tag
+
+
+class DenseRetriever:
+    """A registered encoder + exact inner-product search; the encoder's similarity decides the vectors
+    searched (cos: normalised, dot: as the encoder gives them)."""
+
+    def __init__(self, encoder, cache: EmbeddingCache):
+        self.model, self.cache = encoder, cache
+        self.doc_ids: list[str] = []
+        self.doc_emb: np.ndarray | None = None
+
+    @classmethod
+    def resolve(cls, cfg):
+        return replace(cfg, device=resolve_device(cfg.device))
+
+    @classmethod
+    def from_config(cls, cfg, cache):
+        encoder = encoders.load(cfg.encoder, checkpoint=cfg.checkpoint, preset=cfg.preset, max_length=cfg.max_length,
+                                batch_tokens=cfg.batch_tokens, pooling=cfg.pooling, bidirectional=cfg.bidirectional,
+                                device=cfg.device, dtype=cfg.dtype, show_progress=cfg.show_progress,
+                                **cfg.encoder_options)
+        return cls(encoder, cache)
+
+    name = property(lambda self: self.model.name)
+    tokenizer = property(lambda self: self.model.tokenizer)
+    title_sep = property(lambda self: self.model.title_sep)
+    device = property(lambda self: self.model.device)
+
+    def tag(self) -> str:
+        return encoder_tag(self.model)
+
+    def searchable(self, emb: np.ndarray) -> np.ndarray:
+        if self.model.similarity == "cos":  # an encoder that does not normalise still searches by cosine
+            return emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)
+        return emb
+
+    def index(self, doc_ids, docs):
+        emb, stats = embed_texts(self.model, self.model.corpus_texts(docs), "corpus", self.cache)
+        self.doc_ids, self.doc_emb = list(doc_ids), self.searchable(emb)
+        return stats
+
+    def search(self, query_ids, queries, top_k):
+        emb, stats = embed_texts(self.model, self.model.query_texts(queries), "queries", self.cache)
+        run, search_stats = index.search(self.doc_emb, self.doc_ids, self.searchable(emb), query_ids, top_k=top_k)
+        return run, dict(search_stats, similarity=self.model.similarity, query_encode=stats)
+
+    def query_latency(self, queries, n):
+        return measure.query_latency(self.model, queries, n=n)
+
+    def describe(self) -> dict:
+        m = self.model
+        return dict(name=m.name, tag=self.tag(), config=m.config(), fingerprint=m.fingerprint,
+                    num_parameters=m.num_parameters, kernel_path=m.kernel_path,
+                    flops_per_token=m.flops_per_token(m.max_length), batch_tokens=m.batch_tokens,
+                    embedding_dim=int(m.embedding_dim))
+
+
+__all__ = ["DenseRetriever", "EncoderError", "Retriever", "check", "encoder_tag", "has_model", "load", "names",
+           "register_retriever", "resolve", "resolve_device"]
+
+from . import bm25  # noqa: E402,F401  (registers "bm25")
