@@ -190,11 +190,17 @@ class Encoder(nn.Module):
         raise NotImplementedError
 
     # -- public API -----------------------------------------------------------------------------
-    def encode_queries(self, queries: list[str], **kw) -> np.ndarray:
-        return self.encode(self.query_texts(queries), desc="queries", **kw)
+    # encode_queries / encode_corpus are the model interface BEIR's DenseRetrievalExactSearch calls, so an
+    # Encoder passes as a BEIR model as it is; they take BEIR's and sentence-transformers' keywords.
+    def encode_queries(self, queries: list[str], batch_size: int | None = None, **kwargs):
+        """Queries (with the query prefix) -> float32 array (or tensor, `convert_to_tensor=True`), input order."""
+        return encode_like_sentence_transformers(self, self.query_texts(list(queries)), "queries", **kwargs)
 
-    def encode_corpus(self, corpus: list[dict], **kw) -> np.ndarray:
-        return self.encode(self.corpus_texts(corpus), desc="corpus", **kw)
+    def encode_corpus(self, corpus, batch_size: int | None = None, **kwargs):
+        """Documents in any form BEIR passes (a list of {"title", "text"} dicts, a dict of lists, a list of
+        strings) -> embeddings, input order. `batch_size` (a count of texts) is accepted and not used:
+        batches are built under a token budget (`batch_tokens`), which does not change the embeddings."""
+        return encode_like_sentence_transformers(self, self.corpus_texts(beir_documents(corpus)), "corpus", **kwargs)
 
     def query_texts(self, queries: list[str]) -> list[str]:
         """The exact strings the model sees (they also key the embedding cache)."""
@@ -399,3 +405,31 @@ def reverse_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tor
     pos = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
     index = torch.where(pos < length, length - 1 - pos, pos)
     return input_ids.gather(1, index)
+
+
+def beir_documents(corpus) -> list[dict]:
+    """BEIR's corpus forms as a list of {"title", "text"} dicts: a list of dicts (beir <= 2.x), a dict of
+    lists / columns (`{"title": [...], "text": [...]}`, as newer BEIR and MTEB batches pass), or a list of
+    strings (texts without titles)."""
+    if isinstance(corpus, dict):
+        texts = list(corpus["text"])
+        titles = list(corpus["title"]) if "title" in corpus else None
+        return [{"title": titles[i] or "", "text": t or ""} if titles is not None else {"text": t or ""}
+                for i, t in enumerate(texts)]
+    return [{"text": d} if isinstance(d, str) else d for d in corpus]
+
+
+def encode_like_sentence_transformers(encoder: Encoder, texts: list[str], desc: str, *,
+                                      show_progress_bar: bool | None = None, convert_to_tensor: bool = False,
+                                      convert_to_numpy: bool = True, normalize_embeddings: bool = False,
+                                      batch_tokens: int | None = None, show_progress: bool | None = None, **unknown):
+    """`encoder.encode(texts)` under sentence-transformers' keywords (those BEIR passes, and this
+    encoder's own `batch_tokens` / `show_progress`). A keyword that would change the result and that
+    this cannot honour (prompt, precision, device, ...) is an error, not silently ignored."""
+    if unknown:
+        raise TypeError(f"{type(encoder).__name__}.encode_{desc}() does not support {', '.join(sorted(unknown))}")
+    show = show_progress if show_progress is not None else show_progress_bar
+    out = encoder.encode(texts, desc=desc, batch_tokens=batch_tokens, show_progress=show)
+    if normalize_embeddings:
+        out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return torch.from_numpy(out) if convert_to_tensor else out

@@ -44,7 +44,7 @@ def tiny_dataset(tmp_path) -> Path:
 
 def shared_dataset(name: str) -> Path:
     root = os.environ.get("BEIR_DATA_DIR")
-    path = Path(root) / name if root else None
+    path = Path(root).resolve() / name if root else None  # absolute: a test may chdir
     if path is None or not (path / "corpus.jsonl").is_file():
         pytest.skip(f"{name} not found: set BEIR_DATA_DIR (e.g. ../shared/datasets)")
     return path

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from benchmarks.pipeline.data import DataError, find_dataset, load_dataset
-from conftest import TINY_CORPUS, TINY_QRELS, TINY_QUERIES, write_beir
+from conftest import TINY_CORPUS, TINY_QRELS, TINY_QUERIES, shared_dataset, write_beir
 
 
 def test_loads_tiny_dataset_with_warnings(tiny_dataset):
@@ -34,12 +34,12 @@ def test_missing_dataset_names_every_place_looked(tmp_path, monkeypatch):
 
 
 def test_download_failure_is_one_line(tmp_path, monkeypatch):
-    import benchmarks.pipeline.data as data
+    import urllib.request
 
     def offline(*a, **k):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("BEIR_DATA_DIR", raising=False)
     with pytest.raises(DataError, match=r"scifact.*not found.*download.*failed"):
@@ -127,3 +127,23 @@ def test_cranfield_oddities_are_warnings(tmp_path):
     ds = load_dataset(str(shared_dataset("cranfield")))
     assert len(ds.corpus) == 1400 and len(ds.queries) == 225
     assert ds.warnings.get("empty_documents") == 2
+
+
+def test_crlf_qrels_as_in_beirs_archives(tmp_path):
+    """BEIR's archives end qrels lines with CRLF (nfcorpus's do): no id or score may keep the '\\r'."""
+    root = write_beir(tmp_path / "crlf", TINY_CORPUS, TINY_QUERIES, TINY_QRELS)
+    lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{s}" for q, d, s in TINY_QRELS]
+    (root / "qrels" / "test.tsv").write_bytes(("\r\n".join(lines) + "\r\n").encode())
+    ds = load_dataset(str(root))
+    assert ds.qrels == load_dataset(str(write_beir(tmp_path / "lf", TINY_CORPUS, TINY_QUERIES, TINY_QRELS))).qrels
+    assert not any("\r" in q or "\r" in d for q, judged in ds.qrels.items() for d in judged)
+
+
+def test_nfcorpus_crlf_qrels_read_in_full():
+    path = shared_dataset("nfcorpus")
+    assert (path / "qrels" / "test.tsv").read_bytes().count(b"\r\n") > 12000  # really CRLF
+    ds = load_dataset(str(path))
+    scores = [s for judged in ds.qrels.values() for s in judged.values()]
+    # The counts the shared folder's README gives (BEIR's nfcorpus test split).
+    assert (len(ds.queries), len(scores), scores.count(2), scores.count(1)) == (323, 12334, 576, 11758)
+    assert ds.warnings == {}

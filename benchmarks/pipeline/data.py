@@ -1,8 +1,8 @@
 """BEIR-format datasets: find, (download,) load and validate.
 
 Layout: `<dataset>/corpus.jsonl`, `<dataset>/queries.jsonl`, `<dataset>/qrels/<split>.tsv`.
-Searched in --data-dir, then $BEIR_DATA_DIR, then ./data. When absent and the network is reachable,
-the official BEIR archive is downloaded into the first of those and its md5 checked.
+Searched in --data-dir, then $BEIR_DATA_DIR, then ./data. An official BEIR dataset found in none of
+them is downloaded into the first (`download.py`: BEIR's archive, then its Hugging Face mirrors).
 
 Real corpora have oddities that are warnings with counts, not errors: empty documents (still
 indexed) and judged documents missing from the corpus (kept in the ideal ranking, as trec_eval
@@ -11,33 +11,14 @@ does). Everything else that is malformed is a `DataError` naming the file and li
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
-import tempfile
-import urllib.request
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 
 class DataError(Exception):
     """Missing or malformed dataset files; the CLI prints it as one line."""
-
-
-BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
-# md5 of the official archives, from the dataset table in BEIR's README.
-BEIR_MD5 = {
-    "msmarco": "444067daf65d982533ea17ebd59501e4", "trec-covid": "ce62140cb23feb9becf6270d0d1fe6d1",
-    "nfcorpus": "a89dba18a62ef92f7d323ec890a0d38d", "nq": "d4d3d2e48787a744b6f6e691ff534307",
-    "hotpotqa": "f412724f78b0d91183a0e86805e16114", "fiqa": "17918ed23cd04fb15047f73e6c3bd9d9",
-    "arguana": "8ad3e3c2a5867cdced806d6503f29b99", "webis-touche2020": "46f650ba5a527fc69e0a6521c5a23563",
-    "cqadupstack": "4e41456d7df8ee7760a7f866133bda78", "quora": "18fb154900ba42a600f84b839c173167",
-    "dbpedia-entity": "c2a39eb420a3164af735795df012ac2c", "scidocs": "38121350fc3a4d2f48850f6aff52e4a9",
-    "fever": "5a818580227bfb4b35bb6fa46d9b6c03", "climate-fever": "8b66f0a9126c521bae2bde127b4dc99d",
-    "scifact": "5f7d1de60b170fc8027bb7898e2efca1",
-}
 
 
 @dataclass
@@ -67,7 +48,8 @@ def search_dirs(data_dir: str | Path | None = None) -> list[Path]:
 
 
 def find_dataset(name: str, data_dir: str | Path | None = None, download: bool = True) -> Path:
-    """The folder holding dataset `name` (a name, or a path to a BEIR folder)."""
+    """The folder holding dataset `name` (a name, or a path to a BEIR folder); an official BEIR dataset
+    found nowhere is downloaded (`download.fetch`) unless `download` is False."""
     direct = Path(name)
     if (direct / "corpus.jsonl").is_file():
         return direct
@@ -76,37 +58,20 @@ def find_dataset(name: str, data_dir: str | Path | None = None, download: bool =
         if (d / name / "corpus.jsonl").is_file():
             return d / name
     looked = ", ".join(str(d / name) for d in dirs)
+    from benchmarks.pipeline.download import BEIR_MD5, by_hand, fetch  # here: it imports DataError from this module
+
     if download and name in BEIR_MD5:
         try:
-            return download_beir(name, dirs[0])
+            return fetch(name, dirs[0])
         except OSError as e:  # e.g. a read-only data directory
             raise DataError(f"dataset {name!r} not found (looked in {looked}) and it cannot be downloaded into "
                             f"{dirs[0]}: {e.strerror or e}") from None
         except DataError as e:
-            raise DataError(f"dataset {name!r} not found (looked in {looked}) and {e}; put the BEIR folder "
-                            "in one of those places or pass --data-dir") from None
+            raise DataError(f"dataset {name!r} not found (looked in {looked}); tried {e}; "
+                            f"{by_hand(name, dirs[0])}, or pass --data-dir") from None
     hint = "" if name in BEIR_MD5 else f" ({name!r} is not an official BEIR dataset, so it cannot be downloaded)"
     raise DataError(f"dataset {name!r} not found (looked in {looked}){hint}; put the BEIR folder "
                     "(corpus.jsonl, queries.jsonl, qrels/) in one of those places or pass --data-dir")
-
-
-def download_beir(name: str, into: Path, timeout: float = 15.0) -> Path:
-    url = BEIR_URL.format(name=name)
-    into.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=into) as tmp:
-        archive = Path(tmp) / f"{name}.zip"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response, open(archive, "wb") as out:
-                shutil.copyfileobj(response, out)
-        except OSError as e:
-            raise DataError(f"the download from {url} failed ({getattr(e, 'reason', e)})") from None
-        md5 = hashlib.md5(archive.read_bytes()).hexdigest()
-        if md5 != BEIR_MD5[name]:
-            raise DataError(f"the archive from {url} has md5 {md5}, expected {BEIR_MD5[name]}")
-        with zipfile.ZipFile(archive) as z:
-            z.extractall(tmp)
-        os.replace(Path(tmp) / name, into / name)  # atomic: no half-extracted dataset is ever visible
-    return into / name
 
 
 def read_jsonl(path: Path, kind: str) -> list[tuple[int, dict]]:
