@@ -17,8 +17,8 @@ encoders:
 
 A run is complete when a run directory of this sweep (they appear atomically) records the same identity
 (the hash of the resolved configuration: benchmarks/pipeline/record.py), so a killed sweep resumes where
-it stopped and never redoes or half-writes a run. Each point runs in a fresh process (its own peak
-memory; a crash fails that point only). After every run the table of all runs,
+it stopped and never redoes or half-writes a run. Each point runs in a fresh process (a crash fails
+that point only) and records its own peak memory. After every run the table of all runs,
 `<output_dir>/runs.parquet` (+ runs.csv), is rebuilt.
 """
 
@@ -228,8 +228,9 @@ def run_point(cfg: RunConfig) -> tuple[str, float, float]:
 
 
 def in_fresh_process(fn, *args):
-    """Run fn(*args) in a new process: each point's peak memory is its own (ru_maxrss is per process),
-    and a crash in one point (a segfault, the OOM killer) is that point's failure, not the sweep's."""
+    """Run fn(*args) in a new process: each point starts from a clean interpreter (no memory, threads or
+    caches left by the previous point), and a crash in one point (a segfault, the OOM killer) is that
+    point's failure, not the sweep's."""
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         return pool.submit(fn, *args).result()

@@ -297,3 +297,13 @@ def test_records_round_trip(tiny_dataset, tmp_path):
     assert np.array_equal(rec.per_query["ndcg@10"].to_numpy(), res.per_query["ndcg@10"].to_numpy())
     with pytest.raises(EncoderError):
         retrievers.check("nope")
+
+
+def test_peak_memory_is_the_runs_own():
+    from benchmarks.pipeline import measure
+
+    big = np.ones(400 * 2**20 // 8)  # 400 MB touched
+    assert measure.peak_rss_mb() > 400
+    del big
+    measure.reset_peak_memory()  # a run starts here
+    assert measure.peak_rss_mb() < measure.rss_mb() + 50  # not the 400 MB of what came before

@@ -32,8 +32,14 @@ def query_latency(encoder, queries: list[str], n: int = 100, warmup: int = 10) -
 
 
 def reset_peak_memory() -> None:
-    """Start a run's CUDA peak from here. (The process's RSS peak cannot be reset: the sweep runs each
-    point in a fresh process, so `peak_rss_mb` is that run's own.)"""
+    """Start this run's peaks here: the resident-set high-water mark (Linux: writing 5 to
+    /proc/self/clear_refs resets VmHWM) and the CUDA peak. Without this, a run would report the largest
+    peak of anything the process did before it (ru_maxrss even carries a forking parent's size across exec)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # not Linux: peak_rss_mb falls back to the process's lifetime peak
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
 
@@ -45,6 +51,14 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
+    """Resident-set high-water mark since the last reset_peak_memory() (VmHWM), else since the process began."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
