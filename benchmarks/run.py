@@ -29,7 +29,7 @@ from .pipeline.bm25 import BM25Retriever
 from .pipeline.cache import EmbeddingCache
 from .pipeline.data import DataError, Dataset, load_dataset
 from .perturbations import PerturbationError
-from .pipeline.results import ResultsError, environment, new_run_id, run_dir, check_target, write_run
+from .pipeline.results import ResultsError, environment, new_run_id, run_dir, stage_run, write_run
 
 USER_ERRORS = (DataError, EncoderError, ResultsError, PerturbationError)
 LEXICAL = ("bm25",)  # retrievers that are not dense encoders; same runner, same results layout
@@ -205,7 +205,7 @@ def run_benchmark(cfg: RunConfig) -> RunResult:
     retriever = load_retriever(cfg)
     run_id = cfg.run_id or new_run_id()
     target = run_dir(cfg.output_dir, ds.name, encoder_tag(retriever), perturbation.slug, run_id)
-    check_target(target, cfg.overwrite)
+    staging = stage_run(target, cfg.overwrite)  # the locked temporary run dir, for the whole run
     steps = []
     if perturbation.prune_step:  # calibration texts (activation criterion) come from the clean corpus
         steps.append(perturbations.prune_model(retriever, perturbation.prune_step,
@@ -253,7 +253,7 @@ def run_benchmark(cfg: RunConfig) -> RunResult:
         encoder=describe_retriever(retriever, None if lexical else int(retriever.embedding_dim)),
         config=asdict(cfg), timings=timings, environment=environment(device),
     )
-    write_run(target, summary, per_query, run, run_tag=encoder_tag(retriever), overwrite=cfg.overwrite)
+    write_run(staging, summary, per_query, run, run_tag=encoder_tag(retriever))
     return RunResult(target, summary, per_query, run)
 
 

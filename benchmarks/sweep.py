@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -37,6 +36,7 @@ import encoders
 from . import perturbations
 from .pipeline.data import find_dataset
 from .run import LEXICAL, USER_ERRORS, RunConfig, run_benchmark
+from .pipeline.results import remove_stale
 from .pipeline.table import write_table
 
 SWEEP_SET = ("dataset", "perturbation", "run_id", "output_dir", "overwrite")  # set by the sweep, not by entries
@@ -141,11 +141,9 @@ def completed(sweep: Sweep) -> dict[str, Path]:
 
 
 def remove_partial(sweep: Sweep) -> int:
-    """Temporary run directories a killed run left behind (`.<name>.*` beside the run dirs)."""
-    stale = list(sweep.output_dir.glob(f"*/*/*/.{sweep.name}.*"))
-    for d in stale:
-        shutil.rmtree(d, ignore_errors=True)
-    return len(stale)
+    """Temporary run directories a killed run left behind (`.<name>.*` beside the run dirs); those of a
+    run still being written by another process are kept."""
+    return len(remove_stale(sweep.output_dir.glob(f"*/*/*/.{sweep.name}.*")))
 
 
 def select_perturbations(sweep: Sweep, specs: list[str], path) -> Sweep:
