@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -58,27 +57,36 @@ def test_a_live_writers_temp_dir_survives_cleanup_a_dead_ones_does_not(tmp_path)
     assert remove_partial(Sweep("sweep1", out, [])) == 1 and not live_tmp.exists()  # its writer is gone now
 
 
+READER = textwrap.dedent("""
+    import os, sys
+    target, stop = sys.argv[1], sys.argv[2]
+    open(stop + ".ready", "w").close()
+    looks = missing = 0
+    while not os.path.exists(stop):
+        looks += 1
+        missing += not os.path.exists(target)
+    print(looks, missing)
+""")
+
+
 def test_overwrite_never_leaves_a_moment_without_the_run(tmp_path):
+    """A reader in another process polls the run directory while it is overwritten 300 times."""
     target = tmp_path / "ds" / "enc" / "clean" / "run"
     per_query = pd.DataFrame({"ndcg@10": [0.5]}, index=pd.Index(["q"], name="qid"))
     results.write_run(target, {"n": -1}, per_query, {"q": {"d": 1.0}}, "tag")
-    missing, stop = [], threading.Event()
-
-    def reader():
-        while not stop.is_set():
-            if not (target / "summary.json").exists():
-                missing.append(time.perf_counter())
-
-    thread = threading.Thread(target=reader)
-    thread.start()
+    stop = tmp_path / "stop"
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(target / "summary.json"), str(stop)],
+                              stdout=subprocess.PIPE, text=True)
+    while not Path(f"{stop}.ready").exists():
+        time.sleep(0.01)
     try:
         for i in range(300):
             results.write_run(target, {"n": i}, per_query, {"q": {"d": 1.0}}, "tag", overwrite=True)
     finally:
-        stop.set()
-        thread.join()
-    assert not missing, f"the run directory was missing {len(missing)} times"
-    assert (target / "summary.json").read_text().count('"n": 299') == 1
+        stop.touch()
+    looks, missing = map(int, reader.communicate(timeout=60)[0].split())
+    assert looks > 1000 and missing == 0, f"the run directory was missing {missing} of {looks} times"
+    assert '"n": 299' in (target / "summary.json").read_text()
     assert sorted(p.name for p in target.iterdir()) == ["per_query.csv", "run.trec", "summary.json"]
     assert [p.name for p in target.parent.iterdir()] == ["run"]  # no temporary or old directory left
 
@@ -92,3 +100,13 @@ def test_a_failed_write_leaves_nothing(tmp_path):
     except RuntimeError:
         pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_without_an_atomic_exchange_falls_back(tmp_path, monkeypatch):
+    """Where renameat2 is missing (macOS, old glibc) the old run is moved aside, then replaced."""
+    monkeypatch.setattr(results, "exchange", lambda a, b: False)
+    target = tmp_path / "run"
+    per_query = pd.DataFrame({"ndcg@10": [0.5]}, index=pd.Index(["q"], name="qid"))
+    for i in range(2):
+        results.write_run(target, {"n": i}, per_query, {"q": {"d": 1.0}}, "tag", overwrite=True)
+    assert '"n": 1' in (target / "summary.json").read_text() and [p.name for p in tmp_path.iterdir()] == ["run"]
