@@ -25,9 +25,11 @@ that point only) and records its own peak memory. After every run the table of a
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import multiprocessing
-import shutil
+import os
+import signal
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -44,6 +46,7 @@ from . import perturbations
 from .pipeline import record, retrievers
 from .pipeline.data import find_dataset
 from .pipeline.record import RunConfig
+from .pipeline.results import remove_stale
 from .pipeline.runner import USER_ERRORS, run_benchmark
 
 SWEEP_SET = ("dataset", "perturbation", "run_id", "output_dir", "overwrite")  # set by the sweep, not by entries
@@ -159,11 +162,9 @@ def completed(sweep: Sweep) -> dict[str, Path]:
 
 
 def remove_partial(sweep: Sweep) -> int:
-    """Temporary run directories a killed run left behind (`.<name>.*` beside the run dirs)."""
-    stale = list(sweep.output_dir.glob(f"*/*/*/.{sweep.name}.*"))
-    for d in stale:
-        shutil.rmtree(d, ignore_errors=True)
-    return len(stale)
+    """Temporary run directories a killed run left behind (`.<name>.*` beside the run dirs); those of a
+    run still being written by another process are kept."""
+    return len(remove_stale(sweep.output_dir.glob(f"*/*/*/.{sweep.name}-*")))
 
 
 def select_perturbations(sweep: Sweep, specs: list[str], path) -> Sweep:
@@ -232,8 +233,20 @@ def in_fresh_process(fn, *args):
     caches left by the previous point), and a crash in one point (a segfault, the OOM killer) is that
     point's failure, not the sweep's."""
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         return pool.submit(fn, *args).result()
+
+
+def die_with_parent(parent: int) -> None:
+    """A killed sweep takes its worker with it (Linux: PR_SET_PDEATHSIG), so no orphan goes on writing
+    a run, or holds its temporary directory's lock, after the sweep is gone."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (AttributeError, OSError):
+        return  # not Linux: a killed sweep's worker finishes its point on its own
+    if os.getppid() != parent:  # the sweep died before the line above
+        os._exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,10 +1,13 @@
-"""Metrics against hand-computed values (trec_eval semantics) and against BEIR's evaluator."""
+"""Metrics against hand-computed values, trec_eval's rules written out (tests/trec_rules.py) and BEIR's
+evaluator; the search's cut at top-k under ties."""
 
 import math
 import random
 
+import numpy as np
 import pytest
 
+import trec_rules
 from benchmarks.pipeline import index, metrics
 
 
@@ -85,3 +88,69 @@ def test_matches_beir_evaluator_on_random_runs():
     assert ours["recall@100"] == pytest.approx(recall["Recall@100"], abs=6e-6)
     mrr = EvaluateRetrieval.evaluate_custom(qrels, {q: dict(r) for q, r in run.items()}, [10], metric="mrr")
     assert ours["mrr@10"] == pytest.approx(mrr["MRR@10"], abs=6e-6)
+
+
+def test_mrr_ranks_by_score_whatever_the_dict_order():
+    """A run from outside may list documents in any order: MRR@10 ranks them by score (ties by id
+    descending), like every other metric, before cutting at 10."""
+    rng = random.Random(1)
+    scores = {f"d{i:02d}": float(100 - i) for i in range(20)}
+    scores["d05"] = scores["d06"]  # a tie: d06 ranks before d05
+    qrels = {"q": {"d05": 1}}
+    for _ in range(5):
+        items = list(scores.items())
+        rng.shuffle(items)
+        assert one(qrels, {"q": dict(items)})["mrr@10"] == pytest.approx(1 / 7)
+    low = dict(reversed(list(scores.items())))  # the relevant document is 14th in dict order, 7th by score
+    assert one(qrels, {"q": low})["mrr@10"] == pytest.approx(1 / 7)
+
+
+def test_every_metric_matches_trec_rules_on_shuffled_random_runs():
+    """pytrec_eval (through metrics.evaluate) against trec_eval's rules written out (tests/trec_rules.py),
+    on runs listed in random order with many ties."""
+    rng = random.Random(2)
+    docs = [f"d{i}" for i in range(60)]
+    qrels = {f"q{i}": {d: rng.choice([0, 1, 2, 3]) for d in rng.sample(docs, rng.randint(1, 6))} for i in range(40)}
+    run = {q: {d: round(rng.random(), 1) for d in rng.sample(docs, 30)} for q in qrels}  # ties at every rank
+    frame = metrics.evaluate(qrels, run)
+    for q in qrels:
+        row = frame.loc[q]
+        for k in (1, 3, 5, 10, 100):
+            assert row[f"ndcg@{k}"] == pytest.approx(trec_rules.ndcg(qrels[q], run[q], k), abs=1e-12)
+        assert row["recall@10"] == pytest.approx(trec_rules.recall(qrels[q], run[q], 10), abs=1e-12)
+        assert row["map@100"] == pytest.approx(trec_rules.average_precision(qrels[q], run[q], 100), abs=1e-12)
+        assert row["mrr@10"] == pytest.approx(trec_rules.reciprocal_rank(qrels[q], run[q], 10), abs=1e-12)
+
+
+def test_tie_group_wider_than_any_margin_is_cut_by_id():
+    """50 documents with one score straddle the top-10 cut: the cut keeps the tied documents with the
+    highest ids, whatever order FAISS holds them in."""
+    rng = np.random.default_rng(0)
+    dim = 8
+    query = np.zeros((1, dim), dtype="float32")
+    query[0, 0] = 1
+    top = np.eye(dim, dtype="float32")[[0] * 5] * np.array([[1.0], [0.99], [0.98], [0.97], [0.96]], dtype="float32")
+    tied = np.tile(np.eye(dim, dtype="float32")[0] * 0.5, (50, 1))
+    rest = rng.normal(size=(200, dim)).astype("float32")
+    rest[:, 0] = -np.abs(rest[:, 0])  # scores <= 0: below the tie group
+    doc_emb = np.vstack([top, tied, rest])
+    ids = [f"top{i}" for i in range(5)] + [f"tie{i:02d}" for i in range(50)] + [f"other{i:03d}" for i in range(200)]
+    order = rng.permutation(len(ids))  # FAISS sees them in a scrambled order
+    run, stats = index.search(doc_emb[order], [ids[i] for i in order], query, ["q"], top_k=10)
+    assert list(run["q"]) == [f"top{i}" for i in range(5)] + [f"tie{i:02d}" for i in range(49, 44, -1)]
+    exact, _ = index.search(doc_emb[order], [ids[i] for i in order], query, ["q"], top_k=len(ids))
+    assert list(run["q"]) == list(exact["q"])[:10]  # the same as cutting the full ranking
+
+
+def test_bm25_tie_group_at_the_cut_is_cut_by_id():
+    """BM25 the same way: 50 identical documents tie, the cut at 10 keeps those with the highest ids."""
+    from benchmarks.pipeline.bm25 import BM25Retriever
+
+    texts = ["jet engine jet engine turbine"] * 3 + ["jet engine bypass air"] * 50 + ["cell biology"] * 20
+    ids = [f"top{i}" for i in range(3)] + [f"tie{i:02d}" for i in range(50)] + [f"bio{i}" for i in range(20)]
+    order = random.Random(3).sample(range(len(ids)), len(ids))
+    bm25 = BM25Retriever()
+    bm25.index([ids[i] for i in order], [{"title": "", "text": texts[i]} for i in order])
+    run = bm25.search(["q"], ["jet engine"], top_k=10)[0]["q"]
+    assert list(run)[:3] == ["top2", "top1", "top0"] and len(set(run.values())) == 2
+    assert list(run)[3:] == [f"tie{i:02d}" for i in range(49, 42, -1)]

@@ -10,6 +10,7 @@ from encoders.pruning import PruningError as PerturbationError
 from encoders.pruning import prune, pruner_for
 from encoders import Encoder
 from encoders.bert import BertEncoder
+from numerics import MINILM, TINY, assert_close, assert_unit_norm
 
 ARCHS = list(encoders.ARCHITECTURES)
 TEXTS = [
@@ -59,8 +60,10 @@ def test_pruning_dead_structures_leaves_outputs_unchanged(name):
     report = prune(enc, 0.5)
     assert enc.num_parameters < params
     assert report["realised_sparsity"] == pytest.approx(0.5, abs=0.05)
-    torch.testing.assert_close(token_states(enc), states, atol=1e-5, rtol=0)
-    np.testing.assert_allclose(enc.encode(TEXTS), emb, atol=1e-5, rtol=0)
+    # the same sums less their zero terms: only the rounding order changes
+    network = MINILM if name == "minilm" else TINY
+    assert_close(token_states(enc), states, **network)
+    assert_close(enc.encode(TEXTS), emb, **network)
 
 
 @pytest.mark.parametrize("name", ARCHS)
@@ -84,7 +87,7 @@ def test_pruning_shrinks_model(name, sparsity):
     assert r["flops_per_token_after"] == enc.flops_per_token(enc.max_length)
     emb = enc.encode(TEXTS)
     assert emb.shape == (len(TEXTS), dim) and np.isfinite(emb).all()
-    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert_unit_norm(emb)
     assert enc.arch_config["pruned"]["steps"] == [{"sparsity": sparsity, "criterion": "magnitude"}]
     assert enc.fingerprint != fingerprint
 
@@ -191,7 +194,9 @@ def test_bf16_autocast_after_pruning(name):
     enc.dtype_name = "float32"
     fp32 = enc.encode(TEXTS)
     assert np.isfinite(bf16).all()
-    assert (bf16 * fp32).sum(1).min() > 0.98  # cosine of unit vectors
+    # cosine of unit vectors: 0.98 allows a relative error sqrt(2 (1 - cos)) = 0.2 = 51 bf16 roundings
+    # (u = 2^-8), far above the ~sqrt(8) a tiny network's 8 chained bf16 matmuls accumulate at random
+    assert (bf16 * fp32).sum(1).min() > 0.98
 
 
 @pytest.mark.parametrize("name", ["mamba", "retnet"])

@@ -7,6 +7,7 @@ import torch
 import encoders
 import encoders.rwkv  # noqa: F401  (registers "rwkv")
 from encoders.base import EncoderError
+from numerics import TINY, assert_close
 
 TEXTS = ["short one", "a somewhat longer text about dense retrieval with recurrent networks",
          "photosynthesis turns light into sugar " * 12]
@@ -32,7 +33,7 @@ def test_forward_equals_transformers_reference():
             # use_cache=False: transformers' cached one-token path disagrees with its own sequence
             # path (position 0 of a longer input); the sequence path is the causal reference.
             ref = ref_model(input_ids=ids, use_cache=False).last_hidden_state
-        assert (ours - ref).abs().max().item() < 1e-4
+        assert_close(ours, ref, **TINY, what=f"length {length}")
     assert ref_model.layers_are_rescaled  # transformers rescaled its copy's weights in place...
     assert enc.weights_digest() == before  # ...ours are untouched, so the fingerprint is stable
 
@@ -43,8 +44,8 @@ def test_padding_does_not_change_embedding(pooling):
     alone = enc.encode(TEXTS[:1])
     batched = enc.encode(TEXTS)  # padded to the longest text
     assert enc.last_stats["batches"] == 1
-    np.testing.assert_allclose(batched[0], alone[0], atol=1e-5)
-    np.testing.assert_allclose(enc.encode(TEXTS[1:2])[0], batched[1], atol=1e-5)
+    assert_close(batched[0], alone[0], **TINY)
+    assert_close(enc.encode(TEXTS[1:2])[0], batched[1], **TINY)
 
 
 def test_save_pretrained_reloads_identically(tmp_path):
@@ -52,7 +53,7 @@ def test_save_pretrained_reloads_identically(tmp_path):
     enc.model.save_pretrained(tmp_path / "ckpt")  # config.json + model.safetensors, no tokenizer
     again = encoders.load("rwkv", checkpoint=str(tmp_path / "ckpt"), show_progress=False)
     assert again.weights_digest() == enc.weights_digest()
-    np.testing.assert_allclose(again.encode(TEXTS), enc.encode(TEXTS), atol=1e-6)
+    assert_close(again.encode(TEXTS), enc.encode(TEXTS), **TINY)
     assert again.label == "ckpt" and again.arch_config["hidden_size"] == 64
 
 
@@ -69,7 +70,7 @@ def test_causal_lm_checkpoint_loads(tmp_path):
     ids = torch.randint(0, 30522, (2, 9))
     with torch.no_grad():
         ref = lm.eval().rwkv(input_ids=ids).last_hidden_state
-        assert (loaded(ids, torch.ones_like(ids)) - ref).abs().max().item() < 1e-5
+        assert_close(loaded(ids, torch.ones_like(ids)), ref, **TINY)
 
 
 def to_blinkdl(model) -> dict:
@@ -98,7 +99,7 @@ def test_blinkdl_pth_loads(tmp_path):
     loaded = encoders.load("rwkv", checkpoint=str(tmp_path / "RWKV-4-tiny.pth"), show_progress=False)
     assert loaded.label == "RWKV-4-tiny" and loaded.arch_config["intermediate_size"] == 224
     assert loaded.weights_digest() == enc.weights_digest()
-    np.testing.assert_allclose(loaded.encode(TEXTS), enc.encode(TEXTS), atol=1e-6)
+    assert_close(loaded.encode(TEXTS), enc.encode(TEXTS), **TINY)
 
 
 def test_wrong_checkpoints_raise(tmp_path):
@@ -133,7 +134,7 @@ def test_bidirectional_shapes():
     assert uni.shape == both.shape == (3, 64) and cat.shape == (3, 128)
     assert np.abs(both - uni).max() > 1e-3
     # concat = [forward, backward] each normalised together: the forward half is the unidirectional one
-    np.testing.assert_allclose(cat[:, :64] / np.linalg.norm(cat[:, :64], axis=1, keepdims=True), uni, atol=1e-5)
+    assert_close(cat[:, :64] / np.linalg.norm(cat[:, :64], axis=1, keepdims=True), uni, **TINY)
 
 
 @pytest.mark.parametrize("preset", ["tiny", "small"])

@@ -63,26 +63,49 @@ def test_grid_runs_and_resumes_without_redoing_finished_runs(tiny_dataset, tmp_p
     assert again["ran"] == 0 and again["skipped"] == 5
 
 
-def test_sweep_killed_with_sigkill_resumes_cleanly(tiny_dataset, tmp_path):
+def test_sweep_killed_inside_a_run_resumes_that_run_only(tiny_dataset, tmp_path):
+    """SIGKILL while a run is encoding (held there by tests/blocking_encoder.py): its temporary run
+    directory is left behind; the next sweep removes it, redoes that run once and nothing else."""
     out = tmp_path / "results"
-    cfg = write_config(tmp_path, tiny_dataset.parent)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    cfg = write_config(tmp_path, tiny_dataset.parent, f"""
+name: mini
+datasets: [tiny]
+defaults: {{data_dir: {tiny_dataset.parent}, preset: tiny, latency_queries: 3, max_length: 64}}
+encoders:
+  - {{encoder: bert, perturbations: [clean, token-shuffle]}}
+  - {{encoder: blocking, encoder_module: blocking_encoder, perturbations: [clean]}}
+  - {{encoder: bm25, preset: null, perturbations: [clean]}}
+""")
+    log, flag, marker = tmp_path / "encoded.log", tmp_path / "block", tmp_path / "blocked"
+    flag.touch()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}",
+               BLOCKING_LOG=str(log), BLOCKING_FLAG=str(flag), BLOCKING_MARKER=str(marker))
     cmd = [sys.executable, "-m", "benchmarks.sweep", str(cfg), "--output-dir", str(out), "--quiet"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not run_dirs(out) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    try:
+        deadline = time.time() + 300
+        while not marker.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), "the sweep never reached the blocking run"
+        partial = list(out.glob("*/blocking-*/clean/.mini-*"))
+        assert len(partial) == 1 and partial[0].is_dir()  # the run in progress, in its temporary directory
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     before = {d: (d / "summary.json").stat().st_mtime_ns for d in run_dirs(out)}
-    assert 1 <= len(before) <= 5
+    assert sorted(d.parts[-3] for d in before) == ["bert-tiny", "bert-tiny"]  # the two before it
+    assert log.read_text() == "corpus\n" and partial[0].exists()
+
+    flag.unlink()
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    assert "removed 1 partial run directory" in done.stdout and "2 already complete, 2 to do" in done.stdout
+    assert not partial[0].exists() and not list(out.rglob(".mini-*"))
+    assert log.read_text() == "corpus\n" * 2  # the killed run ran exactly once more
     after = run_dirs(out)
-    assert len(after) == 5
-    assert all((d / "summary.json").stat().st_mtime_ns == t for d, t in before.items())
-    assert not [p for p in out.rglob(".mini.*")]  # no partial run directory left behind
-    assert len(pd.read_parquet(out / "runs.parquet")) == 5
+    assert sorted(d.parts[-3] for d in after) == ["bert-tiny", "bert-tiny", "blocking-tiny", "bm25-bm25s-lucene-k0.9-b0.4"]
+    assert all((d / "summary.json").stat().st_mtime_ns == t for d, t in before.items())  # the others not redone
+    assert len(pd.read_parquet(out / "runs.parquet")) == 4
 
 
 @pytest.mark.parametrize("body, words", [

@@ -89,15 +89,22 @@ class BM25Retriever:
     def search(self, query_ids: list[str], texts: list[str], top_k: int = 100) -> tuple[dict, dict]:
         """({qid: {docid: score}}, stats), best first; only documents sharing a term with the query (as
         Lucene returns them), ties broken by document id descending like trec_eval."""
-        k = min(len(self.doc_ids), top_k + 8)  # margin: see ties at the cut
         run = {}
         for qid, tokens in zip(query_ids, self._tokenize(texts, ids=False)):
             if not tokens:  # every word a stopword or unknown: nothing matches
                 run[qid] = {}
                 continue
-            idx, scores = self.model.retrieve([tokens], k=k, show_progress=False)
+            # One beyond the cut shows whether a group of equal scores crosses it; if so, retrieve
+            # deeper (twice, until the group is closed) so that the cut is by id, not bm25s's order.
+            k = min(len(self.doc_ids), top_k + 1)
+            while True:
+                idx, scores = self.model.retrieve([tokens], k=k, show_progress=False)
+                row = scores[0]  # best first
+                if not (k < len(self.doc_ids) and len(row) > top_k and row[-1] == row[top_k - 1] > 0):
+                    break
+                k = min(len(self.doc_ids), 2 * k)
             hits = sorted(((float(s), self.doc_ids[i]) for s, i in zip(scores[0], idx[0]) if s > 0), reverse=True)
-            run[qid] = {d: s for s, d in hits[:top_k]}
+            run[qid] = {d: s for s, d in hits[:top_k]}  # score desc, then doc id desc
         return run, dict(top_k=top_k, similarity="bm25")
 
     def query_latency(self, queries: list[str], n: int = 100, warmup: int = 10, top_k: int = 100) -> dict:

@@ -18,14 +18,14 @@ METRICS = [f"ndcg@{k}" for k in NDCG_CUTS] + [f"recall@{k}" for k in RECALL_CUTS
 def evaluate(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]) -> pd.DataFrame:
     """One row per judged query (index: qid, in qrels order), one column per metric in METRICS.
 
-    `run` must hold each query's results in rank order (as `benchmarks.index.search` returns them).
+    `run` may list each query's results in any order: ranks come from the scores, as in trec_eval.
     """
     import pytrec_eval
 
     measures = {"ndcg_cut." + ",".join(map(str, NDCG_CUTS)), "recall." + ",".join(map(str, RECALL_CUTS)),
                 "map_cut.100"}
     scores = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
-    top10 = {qid: dict(list(docs.items())[:10]) for qid, docs in run.items()}
+    top10 = {qid: dict(trec_order(docs)[:10]) for qid, docs in run.items()}
     rr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
 
     rows = []
@@ -40,6 +40,11 @@ def evaluate(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]])
             row["mrr@10"] = r["recip_rank"]
         rows.append(row)
     return pd.DataFrame(rows, index=pd.Index(list(qrels), name="qid"), columns=METRICS)
+
+
+def trec_order(docs: dict[str, float]) -> list[tuple[str, float]]:
+    """trec_eval's ranking of one query's results: score descending, then document id descending."""
+    return sorted(docs.items(), key=lambda d: (d[1], d[0]), reverse=True)
 
 
 def aggregate(per_query: pd.DataFrame) -> dict[str, float]:

@@ -33,7 +33,7 @@ import pandas as pd
 
 from .. import perturbations
 from .metrics import METRICS
-from .results import atomic_dir, check_target
+from .results import Staging, atomic_dir, stage_run
 
 SCHEMA = 2
 # RunConfig fields that say where things are or how the run is shown, not what it computes.
@@ -134,18 +134,23 @@ def new_record(*, run_id: str, config: RunConfig, dataset: dict, retriever: dict
     return RunRecord(summary, per_query, run)
 
 
-def write(record: RunRecord, target: Path, overwrite: bool = False) -> Path:
-    """Write the run directory atomically (it appears whole or not at all)."""
-    check_target(target, overwrite)
+def write(record: RunRecord, target: Path | Staging, overwrite: bool = False) -> Path:
+    """Write the run directory: into `target`'s staging directory (one the runner opened when the run
+    began, or a new one), then put in place whole. Scores and metrics at full precision (shortest
+    round-trip repr): 6 decimals would print distinct scores as ties."""
+    stage = target if isinstance(target, Staging) else stage_run(target, overwrite)
     tag = record.summary["encoder"]["tag"]
-    with atomic_dir(target) as tmp:
-        (tmp / "summary.json").write_text(json.dumps(record.summary, indent=2, default=str) + "\n")
-        record.per_query.to_csv(tmp / "per_query.csv", float_format="%.17g")  # full precision
-        with open(tmp / "run.trec", "w") as f:
+    try:
+        (stage.path / "summary.json").write_text(json.dumps(record.summary, indent=2, default=str) + "\n")
+        record.per_query.to_csv(stage.path / "per_query.csv")  # pandas writes floats as repr: round-trips
+        with open(stage.path / "run.trec", "w") as f:
             for qid, docs in record.run.items():
                 for rank, (did, score) in enumerate(docs.items(), 1):
-                    f.write(f"{qid} Q0 {did} {rank} {score!r} {tag}\n")  # repr: the shortest exact float
-    return target
+                    f.write(f"{qid} Q0 {did} {rank} {float(score)!r} {tag}\n")
+    except BaseException:
+        stage.discard()
+        raise
+    return stage.commit()
 
 
 def read(d: str | Path, with_run: bool = False) -> RunRecord:

@@ -2,13 +2,15 @@
 run.trec}`, where <perturbation> is "clean" for an unperturbed run.
 
 A run directory appears whole or not at all: files are written into a hidden temporary directory
-beside it, which is renamed into place at the end. An existing run is never overwritten unless
-asked for explicitly.
+beside it (locked by its writer while it lives), which is renamed into place at the end, or swapped
+atomically with the run it replaces. An existing run is never overwritten unless asked for explicitly.
 """
 
 from __future__ import annotations
 
-import json
+import ctypes
+import errno
+import fcntl
 import os
 import platform
 import re
@@ -16,11 +18,11 @@ import shutil
 import subprocess
 import tempfile
 import time
+import weakref
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
-import pandas as pd
 
 PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "faiss-cpu", "pytrec-eval-terrier", "pandas",
             "mamba-ssm", "causal-conv1d", "flash-linear-attention", "rwkv", "encoder-bench")
@@ -48,37 +50,133 @@ def check_target(target: Path, overwrite: bool) -> None:
         raise ResultsError(f"results already exist at {target}; choose another --run-id or pass --overwrite")
 
 
+LOCK = ".writing.lock"  # inside a temporary run directory, flock-ed by its writer for the whole write
+
+
+class Staging:
+    """A temporary directory beside `target` (`.<name>.XXXX`) that becomes `target` on commit().
+
+    Its writer holds an flock on `LOCK` inside it until then, so another process can tell a live
+    temporary directory (lock held) from one a killed writer left behind (lock free, or no lock file):
+    see `remove_stale`. If the staging object is dropped uncommitted (an exception, interpreter exit)
+    the directory is removed; a SIGKILL leaves it for `remove_stale`.
+    """
+
+    def __init__(self, target: Path):
+        self.target = Path(target)
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
+            try:
+                fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # remove_stale took it in the instant before it was locked
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.stat(path / LOCK).st_ino == os.fstat(fd).st_ino:
+                    break  # locked, and still ours
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # removed under us before the lock was taken: start again
+        self.path = path
+        self._fd = fd
+        self._discard = weakref.finalize(self, _discard, path, fd)
+
+    def commit(self) -> Path:
+        """Put the directory in place of `target` (an existing one is swapped out atomically, then deleted)."""
+        self._discard.detach()
+        try:
+            self._swap_in()
+        except BaseException:
+            _discard(self.path, self._fd)
+            raise
+        os.unlink(self.target / LOCK)
+        os.close(self._fd)
+        return self.target
+
+    def _swap_in(self) -> None:
+        if not self.target.exists():
+            os.rename(self.path, self.target)  # fails rather than replace a directory that appeared meanwhile
+        elif exchange(self.path, self.target):
+            shutil.rmtree(self.path, ignore_errors=True)  # the old run, now under the temporary name
+        else:  # no atomic exchange here: a moment without `target`; `.<name>.old` holds it meanwhile
+            old = self.target.with_name(f".{self.target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.target, old)
+            os.replace(self.path, self.target)
+            shutil.rmtree(old, ignore_errors=True)
+
+    def discard(self) -> None:
+        self._discard()
+
+
+def _discard(path: Path, fd: int) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    os.close(fd)
+
+
 @contextmanager
 def atomic_dir(target: Path):
     """Yield a temporary directory beside `target`; when the block completes it replaces `target` as a
-    whole (an existing one is moved aside to `.<name>.old`, then deleted), when it fails it is removed.
-    So readers see the old directory or the new one, never a half-written one."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    whole, when it fails it is removed. So readers see the old directory or the new one, never a
+    half-written one, and never none (where the filesystem can exchange two names atomically)."""
+    stage = Staging(target)
     try:
-        yield tmp
-        old = target.with_name(f".{target.name}.old")
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
+        yield stage.path
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        stage.discard()
         raise
+    stage.commit()
 
 
-def write_run(target: Path, summary: dict, per_query: pd.DataFrame, run: dict[str, dict[str, float]],
-              run_tag: str, overwrite: bool = False) -> Path:
+def remove_stale(paths) -> list[Path]:
+    """Remove the temporary directories among `paths` whose writer is gone (its lock can be taken, or
+    it has no lock file); a live writer's are kept. -> the directories removed."""
+    removed = []
+    for path in map(Path, paths):
+        try:
+            fd = os.open(path / LOCK, os.O_RDONLY)
+        except FileNotFoundError:  # killed before locking, or an old run swapped out: nobody writes it
+            fd = None
+        except OSError:
+            continue
+        try:
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live writer
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        finally:
+            if fd is not None:
+                os.close(fd)
+    return removed
+
+
+RENAME_EXCHANGE, AT_FDCWD = 2, -100
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE, via libc). False where the libc or
+    the filesystem cannot (macOS, glibc < 2.28, some network filesystems): the caller falls back."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except AttributeError:
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def stage_run(target: Path, overwrite: bool) -> Staging:
+    """Check the target (see check_target) and open its locked temporary directory (record.write fills it)."""
     check_target(target, overwrite)
-    with atomic_dir(target) as tmp:
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        per_query.to_csv(tmp / "per_query.csv", float_format="%.6f")
-        with open(tmp / "run.trec", "w") as f:
-            for qid, docs in run.items():
-                for rank, (did, score) in enumerate(docs.items(), 1):
-                    f.write(f"{qid} Q0 {did} {rank} {score:.6f} {run_tag}\n")
-    return target
+    return Staging(target)
 
 
 def git_commit() -> dict:
@@ -95,9 +193,10 @@ def git_commit() -> dict:
 
 def cpu_model() -> str:
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor()

@@ -28,7 +28,7 @@ from . import measure, metrics, record, retrievers
 from .cache import EmbeddingCache
 from .data import DataError, Dataset, load_dataset
 from .record import RunConfig
-from .results import ResultsError, check_target, environment, new_run_id, run_dir
+from .results import ResultsError, environment, new_run_id, run_dir, stage_run
 
 USER_ERRORS = (DataError, EncoderError, ResultsError, PerturbationError)
 
@@ -54,7 +54,7 @@ def run_benchmark(cfg: RunConfig) -> RunResult:
     retriever = retrievers.load(cfg, cache)
     run_id = cfg.run_id or new_run_id()
     target = run_dir(cfg.output_dir, ds.name, retriever.tag(), perturbation.slug, record.run_dir_name(run_id, cfg))
-    check_target(target, cfg.overwrite)  # fail before the expensive part
+    staging = stage_run(target, cfg.overwrite)  # fails now if the run exists; locked temp dir until the end
     ctx = Context(seed=cfg.seed, tokenizer=retriever.tokenizer, title_sep=retriever.title_sep,
                   clean_texts=[title_text(d, retriever.title_sep) for d in ds.corpus.values()],
                   progress=cfg.show_progress)
@@ -74,7 +74,7 @@ def run_benchmark(cfg: RunConfig) -> RunResult:
         perturbation=dict(name=perturbation.name, slug=perturbation.slug, steps=steps + corpus_steps),
         retrieval=retrieval, metrics=metrics.aggregate(per_query), timings=timings,
         environment=environment(retriever.device), per_query=per_query, run=run)
-    record.write(rec, target, overwrite=cfg.overwrite)
+    record.write(rec, staging)
     return RunResult(target, rec.summary, per_query, run)
 
 
