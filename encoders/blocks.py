@@ -138,3 +138,37 @@ def save_fla_checkpoint(directory, config: dict, model: MixerModel, tokenizer) -
     state = {f"model.{k}": t.detach().cpu().contiguous() for k, t in model.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
     tokenizer.save_pretrained(str(directory))
+
+
+def init_fla_encoder(encoder, checkpoint, preset, opts: dict, check_config, preset_config, what: str):
+    """The start of RetNet's and GLA's __init__: run `Encoder.__init__` with the right tokenizer and
+    -> (config, state dict or None, source) for an fla checkpoint (dir or hub id) or a random preset."""
+    from .base import Encoder, EncoderError, checkpoint_label, checkpoint_tokenizer, resolve_preset
+
+    preset = resolve_preset(checkpoint, preset)
+    state = None
+    if checkpoint:
+        path, cfg, state = read_fla_checkpoint(str(checkpoint), check_config)
+        # fla checkpoints ship their own (Llama/Mistral) tokenizer
+        Encoder.__init__(encoder, opts.pop("tokenizer", None) or checkpoint_tokenizer(path), **opts)
+        encoder.label, source = checkpoint_label(checkpoint), str(checkpoint)
+    else:
+        Encoder.__init__(encoder, opts.pop("tokenizer", None), **opts)
+        tok = encoder.tokenizer
+        cfg = preset_config(preset, len(tok), encoder.pad_token_id, tok.cls_token_id, tok.sep_token_id)
+        encoder.label, source = preset, f"preset:{preset}"
+    if len(encoder.tokenizer) > cfg.get("vocab_size", 32000):
+        raise EncoderError(f"tokenizer has {len(encoder.tokenizer)} tokens but the {what} model only {cfg.get('vocab_size', 32000)}")
+    return cfg, state, source
+
+
+def load_fla_state(model: nn.Module, state: dict, source: str, what: str) -> None:
+    """Load a converted fla state dict, refusing one that does not match (one line)."""
+    from .base import EncoderError
+
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+        raise EncoderError(f"checkpoint {source!r} does not match fla {what}: {' '.join(lines[1:3])[:300]}") from None
+

@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import register_encoder
-from .base import PRESETS, Encoder, EncoderError, checkpoint_label, checkpoint_tokenizer, resolve_preset
+from .base import PRESETS, Encoder, EncoderError
 from .pruning import Group, gated_mlp_group, head_groups, register_pruner
-from .blocks import MixerModel, gated_mlp_size, read_fla_checkpoint, save_fla_checkpoint
+from .blocks import MixerModel, gated_mlp_size, init_fla_encoder, load_fla_state, save_fla_checkpoint
 
 MODES = ("chunk", "recurrent", "fla")
 # fla's published GLA models use 4 heads (head_k = hidden/8, head_v = hidden/4); tiny keeps 2.
@@ -270,24 +270,9 @@ class GLAEncoder(Encoder):
     is_causal = True
 
     def __init__(self, checkpoint: str | None = None, preset: str | None = None, mode: str | None = None, **opts):
-        preset = resolve_preset(checkpoint, preset)
         if mode is not None and mode not in MODES:
             raise EncoderError(f"GLA mode must be one of {', '.join(MODES)}, got {mode!r}")
-        state = None
-        if checkpoint:
-            path, cfg, state = read_fla_checkpoint(str(checkpoint), check_config)
-            # fla checkpoints ship their own (Llama/Mistral) tokenizer
-            super().__init__(opts.pop("tokenizer", None) or checkpoint_tokenizer(path), **opts)
-            self.label = checkpoint_label(checkpoint)
-            source = str(checkpoint)
-        else:
-            super().__init__(opts.pop("tokenizer", None), **opts)
-            tok = self.tokenizer
-            cfg = preset_config(preset, len(tok), self.pad_token_id, tok.cls_token_id, tok.sep_token_id)
-            self.label = preset
-            source = f"preset:{preset}"
-        if len(self.tokenizer) > cfg["vocab_size"]:
-            raise EncoderError(f"tokenizer has {len(self.tokenizer)} tokens but the GLA model only {cfg['vocab_size']}")
+        cfg, state, source = init_fla_encoder(self, checkpoint, preset, opts, check_config, preset_config, "GLA")
 
         if mode is None:
             mode = "fla" if self.device.type == "cuda" and fla_chunk_gla() is not None else "chunk"
@@ -297,11 +282,7 @@ class GLAEncoder(Encoder):
         self.gla_config = cfg
         self.model = self.build(cfg, mode)
         if state is not None:
-            try:
-                self.model.load_state_dict(to_mixer_state(state, self.intermediate_size(cfg)))
-            except RuntimeError as e:
-                lines = [s.strip() for s in str(e).splitlines() if s.strip()]
-                raise EncoderError(f"checkpoint {source!r} does not match fla GLA: {' '.join(lines[1:3])[:300]}") from None
+            load_fla_state(self.model, to_mixer_state(state, self.intermediate_size(cfg)), source, "GLA")
         self.kernel_path = {"fla": "fla chunk", "recurrent": "torch naive recurrent",
                             "chunk": f"torch chunk{'' if self.device.type == 'cpu' else ' ' + self.device.type}"}[mode]
         self.arch_config = {k: cfg.get(k) for k in ("model_type", "hidden_size", "num_hidden_layers", "num_heads",

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import register_encoder
-from .base import PRESETS, Encoder, EncoderError, checkpoint_label, checkpoint_tokenizer, resolve_preset
+from .base import PRESETS, Encoder, EncoderError
 from .pruning import Group, PruningError, gated_mlp_group, head_groups, register_pruner
-from .blocks import MixerModel, gated_mlp_size, read_fla_checkpoint, save_fla_checkpoint
+from .blocks import MixerModel, gated_mlp_size, init_fla_encoder, load_fla_state, save_fla_checkpoint
 
 MODES = ("auto", "parallel", "chunkwise", "recurrent", "fla")
 # Measured on the CPU (small preset's 12 heads of K=32, V=64; fp32, 1 thread; 8k tokens a batch):
@@ -245,24 +245,9 @@ class RetNetEncoder(Encoder):
     is_causal = True
 
     def __init__(self, checkpoint: str | None = None, preset: str | None = None, mode: str | None = None, **opts):
-        preset = resolve_preset(checkpoint, preset)
         if mode is not None and mode not in MODES:
             raise EncoderError(f"RetNet mode must be one of {', '.join(MODES)}, got {mode!r}")
-        state = None
-        if checkpoint:
-            path, cfg, state = read_fla_checkpoint(str(checkpoint), check_config)
-            # fla checkpoints ship their own (Llama/Mistral) tokenizer
-            super().__init__(opts.pop("tokenizer", None) or checkpoint_tokenizer(path), **opts)
-            self.label = checkpoint_label(checkpoint)
-            source = str(checkpoint)
-        else:
-            super().__init__(opts.pop("tokenizer", None), **opts)
-            tok = self.tokenizer
-            cfg = preset_config(preset, len(tok), self.pad_token_id, tok.cls_token_id, tok.sep_token_id)
-            self.label = preset
-            source = f"preset:{preset}"
-        if len(self.tokenizer) > cfg.get("vocab_size", 32000):
-            raise EncoderError(f"tokenizer has {len(self.tokenizer)} tokens but the RetNet model only {cfg['vocab_size']}")
+        cfg, state, source = init_fla_encoder(self, checkpoint, preset, opts, check_config, preset_config, "RetNet")
 
         if mode in (None, "auto"):
             mode = "fla" if self.device.type == "cuda" and fla_chunk_retention() is not None else "auto"
@@ -272,11 +257,7 @@ class RetNetEncoder(Encoder):
         self.retnet_config = cfg
         self.model = self.build(cfg, mode)
         if state is not None:
-            try:
-                self.model.load_state_dict(to_mixer_state(state))
-            except RuntimeError as e:
-                lines = [s.strip() for s in str(e).splitlines() if s.strip()]
-                raise EncoderError(f"checkpoint {source!r} does not match fla RetNet: {' '.join(lines[1:3])[:300]}") from None
+            load_fla_state(self.model, to_mixer_state(state), source, "RetNet")
         self.kernel_path = {"fla": "fla chunk", "recurrent": "torch recurrent", "parallel": "torch parallel",
                             "chunkwise": f"torch chunkwise{CHUNK_SIZE}",
                             "auto": f"torch parallel (L<={PARALLEL_MAX_LEN}) / chunkwise{CHUNK_SIZE}"}[mode]
