@@ -8,6 +8,7 @@ that architectures differ only where they really differ.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -17,13 +18,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .dtype import DTYPES, resolve_dtype
 
 
 class EncoderError(Exception):
     """A bad encoder option or a checkpoint that does not load; the CLI prints it as one line."""
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 POOLINGS = ("mean", "cls", "last")
 SIMILARITIES = ("cos", "dot")
 BIDIRECTIONAL = (None, "sum", "concat")
@@ -121,6 +125,7 @@ class Encoder(nn.Module):
 
     name: str = ""  # set by @register_encoder
     is_causal: bool = False  # causal backbones may run bidirectionally (forward + reversed pass)
+    hold_weights: bool = True  # bf16/fp16: encode() reads weights cast once, not cast per call (see held_casts)
 
     def __init__(
         self,
@@ -144,8 +149,8 @@ class Encoder(nn.Module):
             raise EncoderError(f"--pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         if similarity not in SIMILARITIES:
             raise EncoderError(f"similarity must be one of {', '.join(SIMILARITIES)}, got {similarity!r}")
-        if dtype not in DTYPES:
-            raise EncoderError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if dtype not in DTYPES and dtype != "auto":
+            raise EncoderError(f"--dtype must be auto or one of {', '.join(DTYPES)}, got {dtype!r}")
         if bidirectional not in BIDIRECTIONAL:
             raise EncoderError(f"--bidirectional must be 'sum' or 'concat', got {bidirectional!r}")
         if bidirectional and not self.is_causal:
@@ -160,6 +165,9 @@ class Encoder(nn.Module):
             raise EncoderError(f"--device {device} asked for, but torch sees no CUDA device")
         if dtype == "float16" and self.device.type == "cpu":
             raise EncoderError("--dtype float16 needs a GPU; use bfloat16 on the CPU")
+        # `auto`: the fastest dtype of this device by a matmul probe (encoders/dtype.py). From here on
+        # dtype_name is the real one (fingerprint, result paths); dtype_probe keeps the probe's figures.
+        dtype, self.dtype_probe = resolve_dtype(dtype, self.device)
 
         self.tokenizer = tokenizer if tokenizer is not None and not isinstance(tokenizer, (str, Path)) else load_tokenizer(tokenizer)
         self.max_length = int(max_length)
@@ -229,9 +237,9 @@ class Encoder(nn.Module):
         batches = self.batches(lengths, batch_tokens or self.batch_tokens)
         out = None
         show = self.show_progress if show_progress is None else show_progress
-        # One autocast region around all batches: autocast caches each weight's bf16 copy until the
-        # outermost region exits, so the weights are cast once per call instead of once per batch.
-        with self.autocast(), tqdm(total=len(texts), desc=f"{self.name or 'encode'} {desc}", unit="text",
+        # One autocast region around all batches, reading weights already in the compute dtype
+        # (held_weights): autocast then has no weight left to cast, in no call, whatever its batch size.
+        with self.autocast(), self.held_weights(), tqdm(total=len(texts), desc=f"{self.name or 'encode'} {desc}", unit="text",
                                    disable=not show or len(texts) < 2, leave=False) as bar:
             for index in batches:
                 input_ids, mask = self.pad([ids[i] for i in index])
@@ -297,6 +305,48 @@ class Encoder(nn.Module):
     def autocast(self):
         """bf16/fp16 autocast for this encoder's dtype (a no-op context for float32)."""
         return torch.autocast(self.device.type, dtype=DTYPES[self.dtype_name], enabled=self.dtype_name != "float32")
+
+    # -- weights held in the compute dtype -----------------------------------------------------
+    # Under bf16/fp16 autocast every matmul weight is cast from its fp32 master, and autocast's cache
+    # of those casts lives only as long as the outermost autocast region: one encode() call. At batch
+    # size 1 the casts cost as much as the model (issue 15: MiniLM 20 ms per query against 10 with the
+    # weights cast once). So encode() swaps in copies cast once and kept until the weights change:
+    # exactly the casts autocast would make, so the embeddings are unchanged bit for bit, and the fp32
+    # masters stay what everyone else (training, pruning, the fingerprint) sees outside encode().
+    @contextlib.contextmanager
+    def held_weights(self):
+        """Within this context, the parameters autocast casts to the compute dtype hold that cast."""
+        held = self.held_casts() if self.hold_weights and self.dtype_name != "float32" else []
+        for param, _, cast in held:
+            param.data = cast
+        try:
+            yield
+        finally:
+            for param, master, _ in held:
+                param.data = master
+
+    def held_casts(self) -> list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]]:
+        """(parameter, its fp32 data, its cast) for every parameter autocast would cast; made once per
+        state of the weights (a tensor replaced, moved or modified in place makes them again)."""
+        key = (self.dtype_name, tuple((id(p), p._version, p.data_ptr()) for p in self.parameters()))
+        memo = self.__dict__.setdefault("_held", {})
+        if memo.get("key") != key:
+            memo.clear()  # free the old casts before making new ones
+            dtype = DTYPES[self.dtype_name]
+            params = self.autocast_cast_parameters()
+            memo.update(key=key, held=[(p, p.data, p.detach().to(dtype)) for p in params])
+        return memo["held"]
+
+    @torch.no_grad()
+    def autocast_cast_parameters(self) -> list[nn.Parameter]:
+        """The parameters autocast casts to the compute dtype in a forward pass and that no other
+        operation reads directly: found by watching one short forward, not by a list per architecture
+        (Hyena's filter MLP and Mamba's depthwise conv read fp32 weights outside autocast; they stay)."""
+        ids, mask = self.pad([[self.pad_token_id] * 4])
+        watch = ParameterCasts(self, DTYPES[self.dtype_name])
+        with self.autocast(), watch:
+            self.embed_batch(ids.to(self.device), mask.to(self.device))
+        return watch.held()
 
     def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "mean":
@@ -378,6 +428,33 @@ class Encoder(nn.Module):
             payload = json.dumps(dict(config=self.config(), weights=self.weights_digest()), sort_keys=True, default=str)
             return hashlib.sha256(payload.encode()).hexdigest()
         return self._cached("fingerprint", compute)
+
+
+class ParameterCasts(TorchDispatchMode):
+    """Watches the aten operations of a forward pass: which of `module`'s parameters are cast to
+    `dtype` (autocast's casts arrive here as `_to_copy`) and which are read by any other operation."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.dtype = dtype
+        self.params = {p.data_ptr(): p for p in module.parameters() if p.dtype == torch.float32 and p.numel()}
+        self.cast: dict[int, int] = {}  # data_ptr -> casts seen
+        self.read: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._to_copy.default and kwargs.get("dtype") == self.dtype:
+            ptr = args[0].data_ptr()
+            self.cast[ptr] = self.cast.get(ptr, 0) + 1
+        else:
+            self.read.update(t.data_ptr() for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor))
+        return func(*args, **kwargs)
+
+    def held(self) -> list[nn.Parameter]:
+        return [p for ptr, p in self.params.items() if ptr in self.cast and ptr not in self.read]
+
+    def casts_of_parameters(self) -> int:
+        return sum(n for ptr, n in self.cast.items() if ptr in self.params)
 
 
 def title_text(doc: dict, sep: str = " ") -> str:
