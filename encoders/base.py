@@ -13,6 +13,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -317,31 +318,37 @@ class Encoder(nn.Module):
     def held_weights(self):
         """Within this context, the parameters autocast casts to the compute dtype hold that cast."""
         held = self.held_casts() if self.hold_weights and self.dtype_name != "float32" else []
-        for param, _, cast in held:
-            param.data = cast
+        for h in held:
+            h.param.data = h.cast
         try:
             yield
         finally:
-            for param, master, _ in held:
-                param.data = master
+            for h in held:
+                h.param.data = h.master
 
-    def held_casts(self) -> list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]]:
-        """(parameter, its fp32 data, its cast) for every parameter autocast would cast; made once per
-        state of the weights (a tensor replaced, moved or modified in place makes them again)."""
-        key = (self.dtype_name, tuple((id(p), p._version, p.data_ptr()) for p in self.parameters()))
-        memo = self.__dict__.setdefault("_held", {})
-        if memo.get("key") != key:
-            memo.clear()  # free the old casts before making new ones
+    def held_casts(self) -> list[HeldCast]:
+        """The casts of every parameter autocast casts, made again when the dtype changed or one of
+        those parameters was replaced (pruning, loading), moved or modified in place (an optimizer
+        step). Checking them is cheap; walking all modules per call would cost 0.3 ms per query."""
+        memo = self.__dict__.get("_held")
+        if memo is None or memo[0] != self.dtype_name or not all(h.current() for h in memo[1]):
+            self.__dict__["_held"] = None  # free the old casts before making new ones
             dtype = DTYPES[self.dtype_name]
-            params = self.autocast_cast_parameters()
-            memo.update(key=key, held=[(p, p.data, p.detach().to(dtype)) for p in params])
-        return memo["held"]
+            held = []
+            for qualified in self.autocast_cast_parameters():
+                prefix, _, name = qualified.rpartition(".")
+                module = self.get_submodule(prefix)
+                param = module._parameters[name]
+                held.append(HeldCast(module, name, param, param._version, param.data, param.detach().to(dtype)))
+            memo = self.__dict__["_held"] = (self.dtype_name, held)
+        return memo[1]
 
     @torch.no_grad()
-    def autocast_cast_parameters(self) -> list[nn.Parameter]:
-        """The parameters autocast casts to the compute dtype in a forward pass and that no other
-        operation reads directly: found by watching one short forward, not by a list per architecture
-        (Hyena's filter MLP and Mamba's depthwise conv read fp32 weights outside autocast; they stay)."""
+    def autocast_cast_parameters(self) -> list[str]:
+        """Names of the parameters autocast casts to the compute dtype in a forward pass and that no
+        other operation reads directly: found by watching one short forward, not by a list per
+        architecture (Hyena's filter MLP and Mamba's depthwise conv read fp32 weights outside
+        autocast; they stay fp32)."""
         ids, mask = self.pad([[self.pad_token_id] * 4])
         watch = ParameterCasts(self, DTYPES[self.dtype_name])
         with self.autocast(), watch:
@@ -430,6 +437,22 @@ class Encoder(nn.Module):
         return self._cached("fingerprint", compute)
 
 
+class HeldCast(NamedTuple):
+    """A parameter's cast to the compute dtype, and the fp32 data it was made from."""
+    module: nn.Module
+    name: str
+    param: nn.Parameter
+    version: int  # the parameter's version counter when cast (an in-place update bumps it)
+    master: torch.Tensor
+    cast: torch.Tensor
+
+    def current(self) -> bool:
+        """Still the module's parameter, with the data it was cast from, unmodified."""
+        p = self.param
+        return (self.module._parameters.get(self.name) is p and p._version == self.version
+                and p.data_ptr() == self.master.data_ptr())
+
+
 class ParameterCasts(TorchDispatchMode):
     """Watches the aten operations of a forward pass: which of `module`'s parameters are cast to
     `dtype` (autocast's casts arrive here as `_to_copy`) and which are read by any other operation."""
@@ -437,7 +460,7 @@ class ParameterCasts(TorchDispatchMode):
     def __init__(self, module: nn.Module, dtype: torch.dtype):
         super().__init__()
         self.dtype = dtype
-        self.params = {p.data_ptr(): p for p in module.parameters() if p.dtype == torch.float32 and p.numel()}
+        self.names = {p.data_ptr(): n for n, p in module.named_parameters() if p.dtype == torch.float32 and p.numel()}
         self.cast: dict[int, int] = {}  # data_ptr -> casts seen
         self.read: set[int] = set()
 
@@ -450,11 +473,11 @@ class ParameterCasts(TorchDispatchMode):
             self.read.update(t.data_ptr() for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor))
         return func(*args, **kwargs)
 
-    def held(self) -> list[nn.Parameter]:
-        return [p for ptr, p in self.params.items() if ptr in self.cast and ptr not in self.read]
+    def held(self) -> list[str]:
+        return [n for ptr, n in self.names.items() if ptr in self.cast and ptr not in self.read]
 
     def casts_of_parameters(self) -> int:
-        return sum(n for ptr, n in self.cast.items() if ptr in self.params)
+        return sum(n for ptr, n in self.cast.items() if ptr in self.names)
 
 
 def title_text(doc: dict, sep: str = " ") -> str:

@@ -125,6 +125,7 @@ def test_held_weights_follow_pruning(name):
     enc.encode(TEXTS)  # casts held for the unpruned weights
     prune(enc, 0.5)
     held = enc.encode(TEXTS)
+    assert parameter_casts(enc, TEXTS[:1]) == 0  # the new, pruned weights are held, not cast per call
     enc.hold_weights = False
     np.testing.assert_array_equal(held, enc.encode(TEXTS))
 
