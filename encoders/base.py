@@ -240,8 +240,9 @@ class Encoder(nn.Module):
         show = self.show_progress if show_progress is None else show_progress
         # One autocast region around all batches, reading weights already in the compute dtype
         # (held_weights): autocast then has no weight left to cast, in no call, whatever its batch size.
-        with self.autocast(), self.held_weights(), tqdm(total=len(texts), desc=f"{self.name or 'encode'} {desc}", unit="text",
-                                   disable=not show or len(texts) < 2, leave=False) as bar:
+        bar = tqdm(total=len(texts), desc=f"{self.name or 'encode'} {desc}", unit="text",
+                   disable=not show or len(texts) < 2, leave=False)
+        with self.autocast(), self.held_weights(), bar:
             for index in batches:
                 input_ids, mask = self.pad([ids[i] for i in index])
                 emb = self.embed_batch(input_ids.to(self.device), mask.to(self.device))
@@ -348,10 +349,12 @@ class Encoder(nn.Module):
         """Names of the parameters autocast casts to the compute dtype in a forward pass and that no
         other operation reads directly: found by watching one short forward, not by a list per
         architecture (Hyena's filter MLP and Mamba's depthwise conv read fp32 weights outside
-        autocast; they stay fp32)."""
+        autocast; they stay fp32). A parameter missed here is only slower: autocast still casts it."""
         ids, mask = self.pad([[self.pad_token_id] * 4])
-        watch = ParameterCasts(self, DTYPES[self.dtype_name])
-        with self.autocast(), watch:
+        dtype = DTYPES[self.dtype_name]
+        watch = ParameterCasts(self, dtype)
+        # Without autocast's cache, so that a cast an enclosing region already made is seen again.
+        with torch.autocast(self.device.type, dtype=dtype, cache_enabled=False), watch:
             self.embed_batch(ids.to(self.device), mask.to(self.device))
         return watch.held()
 
