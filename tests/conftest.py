@@ -59,13 +59,16 @@ def fake_matmul_times(seconds: dict[str, float], calls: list | None = None):
     return time_matmul
 
 
-@pytest.fixture(autouse=True)
-def dtype_auto_is_float32(tmp_path_factory, monkeypatch):
+@pytest.fixture(autouse=True, scope="session")
+def dtype_auto_is_float32(tmp_path_factory):
     """`--dtype auto` (the runner's default) follows a matmul probe of the machine. The suite's
     expectations (result paths, tolerances, identical reruns) are fp32's whatever CPU runs it, so
     here the probe sees fp32 as the faster, and its cache is a temporary file, never the user's.
-    test_dtype.py replaces the timings to test the choice itself."""
+    Session-wide, so that module-scoped fixtures (a whole run) see it too; test_dtype.py replaces
+    the timings to test the choice itself."""
     import encoders.dtype
 
-    monkeypatch.setenv(encoders.dtype.CACHE_ENV, str(tmp_path_factory.mktemp("dtype_probe") / "probe.json"))
-    monkeypatch.setattr(encoders.dtype, "time_matmul", fake_matmul_times({"float32": 1.0, "bfloat16": 2.0, "float16": 2.0}))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(encoders.dtype.CACHE_ENV, str(tmp_path_factory.mktemp("dtype_probe") / "probe.json"))
+        mp.setattr(encoders.dtype, "time_matmul", fake_matmul_times({"float32": 1.0, "bfloat16": 2.0, "float16": 2.0}))
+        yield
