@@ -15,7 +15,7 @@ import sys
 
 import encoders
 
-from .pipeline import retrievers
+from .pipeline import measure, retrievers
 from .pipeline.record import RunConfig
 from .pipeline.runner import USER_ERRORS, RunResult, run_benchmark
 
@@ -30,7 +30,7 @@ def format_summary(result: RunResult) -> str:
         f"dataset   {s['dataset']['name']} ({s['dataset']['split']}): {s['dataset']['documents']} documents, "
         f"{s['dataset']['queries']} judged queries",
         f"encoder   {s['encoder']['tag']}  ({s['encoder']['num_parameters'] / 1e6:.1f}M parameters, "
-        f"{s['encoder']['kernel_path']}, {s['config']['dtype']})",
+        f"{s['encoder']['kernel_path']}, {s['encoder']['config'].get('dtype', s['config']['dtype'])})",
         f"quality   NDCG@10 {m['ndcg@10']:.4f}   Recall@100 {m['recall@100']:.4f}   MRR@10 {m['mrr@10']:.4f}   "
         f"MAP@100 {m['map@100']:.4f}",
         f"speed     corpus {enc.get('texts_per_s', float('nan')):.1f} docs/s, {enc.get('tokens_per_s', float('nan')):.0f} tokens/s"
@@ -40,6 +40,8 @@ def format_summary(result: RunResult) -> str:
     ]
     for name, count in s["dataset"]["warnings"].items():
         lines.append(f"warning   {count} {name.replace('_', ' ')}")
+    if warning := measure.latency_warning(t["query_latency"]):
+        lines.append(f"warning   {warning}")
     lines.append(f"results   {result.path}")
     return "\n".join(lines)
 
@@ -62,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clean, prune:0.5[:activation], sentence-shuffle, token-shuffle, truncate:head|tail:N, "
                         "pad:prefix|suffix:2x; compose with +")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="auto: the fastest this device computes in, by a short matmul probe (cached per machine)")
     p.add_argument("--top-k", type=int, default=100)
     p.add_argument("--drop-self-hits", default="auto", choices=["auto", "on", "off"],
                    help="BEIR's rule of dropping a document whose id equals the query id")
@@ -72,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
     p.add_argument("--cache-dir", help="default: <output-dir>/.cache/embeddings")
-    p.add_argument("--latency-queries", type=int, default=100, help="queries timed one by one for p50/p95")
+    p.add_argument("--latency-queries", type=int, default=100, help="queries timed one by one for p50/p95, in each of 3 repeats")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--list", action="store_true", help="list registered encoders and exit")
     return p

@@ -8,22 +8,27 @@ that architectures differ only where they really differ.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .dtype import DTYPES, resolve_dtype
 
 
 class EncoderError(Exception):
     """A bad encoder option or a checkpoint that does not load; the CLI prints it as one line."""
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 POOLINGS = ("mean", "cls", "last")
 SIMILARITIES = ("cos", "dot")
 BIDIRECTIONAL = (None, "sum", "concat")
@@ -121,6 +126,7 @@ class Encoder(nn.Module):
 
     name: str = ""  # set by @register_encoder
     is_causal: bool = False  # causal backbones may run bidirectionally (forward + reversed pass)
+    hold_weights: bool = True  # bf16/fp16: encode() reads weights cast once, not cast per call (see held_casts)
 
     def __init__(
         self,
@@ -144,8 +150,8 @@ class Encoder(nn.Module):
             raise EncoderError(f"--pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         if similarity not in SIMILARITIES:
             raise EncoderError(f"similarity must be one of {', '.join(SIMILARITIES)}, got {similarity!r}")
-        if dtype not in DTYPES:
-            raise EncoderError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if dtype not in DTYPES and dtype != "auto":
+            raise EncoderError(f"--dtype must be auto or one of {', '.join(DTYPES)}, got {dtype!r}")
         if bidirectional not in BIDIRECTIONAL:
             raise EncoderError(f"--bidirectional must be 'sum' or 'concat', got {bidirectional!r}")
         if bidirectional and not self.is_causal:
@@ -160,6 +166,9 @@ class Encoder(nn.Module):
             raise EncoderError(f"--device {device} asked for, but torch sees no CUDA device")
         if dtype == "float16" and self.device.type == "cpu":
             raise EncoderError("--dtype float16 needs a GPU; use bfloat16 on the CPU")
+        # `auto`: the fastest dtype of this device by a matmul probe (encoders/dtype.py). From here on
+        # dtype_name is the real one (fingerprint, result paths); dtype_probe keeps the probe's figures.
+        dtype, self.dtype_probe = resolve_dtype(dtype, self.device)
 
         self.tokenizer = tokenizer if tokenizer is not None and not isinstance(tokenizer, (str, Path)) else load_tokenizer(tokenizer)
         self.max_length = int(max_length)
@@ -235,10 +244,11 @@ class Encoder(nn.Module):
         batches = self.batches(lengths, batch_tokens or self.batch_tokens)
         out = None
         show = self.show_progress if show_progress is None else show_progress
-        # One autocast region around all batches: autocast caches each weight's bf16 copy until the
-        # outermost region exits, so the weights are cast once per call instead of once per batch.
-        with self.autocast(), tqdm(total=len(texts), desc=f"{self.name or 'encode'} {desc}", unit="text",
-                                   disable=not show or len(texts) < 2, leave=False) as bar:
+        # One autocast region around all batches, reading weights already in the compute dtype
+        # (held_weights): autocast then has no weight left to cast, in no call, whatever its batch size.
+        bar = tqdm(total=len(texts), desc=f"{self.name or 'encode'} {desc}", unit="text",
+                   disable=not show or len(texts) < 2, leave=False)
+        with self.autocast(), self.held_weights(), bar:
             for index in batches:
                 input_ids, mask = self.pad([ids[i] for i in index])
                 emb = self.embed_batch(input_ids.to(self.device), mask.to(self.device))
@@ -303,6 +313,56 @@ class Encoder(nn.Module):
     def autocast(self):
         """bf16/fp16 autocast for this encoder's dtype (a no-op context for float32)."""
         return torch.autocast(self.device.type, dtype=DTYPES[self.dtype_name], enabled=self.dtype_name != "float32")
+
+    # -- weights held in the compute dtype -----------------------------------------------------
+    # Under bf16/fp16 autocast every matmul weight is cast from its fp32 master, and autocast's cache
+    # of those casts lives only as long as the outermost autocast region: one encode() call. At batch
+    # size 1 the casts cost as much as the model (issue 15: MiniLM 20 ms per query against 10 with the
+    # weights cast once). So encode() swaps in copies cast once and kept until the weights change:
+    # exactly the casts autocast would make, so the embeddings are unchanged bit for bit, and the fp32
+    # masters stay what everyone else (training, pruning, the fingerprint) sees outside encode().
+    @contextlib.contextmanager
+    def held_weights(self):
+        """Within this context, the parameters autocast casts to the compute dtype hold that cast."""
+        held = self.held_casts() if self.hold_weights and self.dtype_name != "float32" else []
+        for h in held:
+            h.param.data = h.cast
+        try:
+            yield
+        finally:
+            for h in held:
+                h.param.data = h.master
+
+    def held_casts(self) -> list[HeldCast]:
+        """The casts of every parameter autocast casts, made again when the dtype changed or one of
+        those parameters was replaced (pruning, loading), moved or modified in place (an optimizer
+        step). Checking them is cheap; walking all modules per call would cost 0.3 ms per query."""
+        memo = self.__dict__.get("_held")
+        if memo is None or memo[0] != self.dtype_name or not all(h.current() for h in memo[1]):
+            self.__dict__["_held"] = None  # free the old casts before making new ones
+            dtype = DTYPES[self.dtype_name]
+            held = []
+            for qualified in self.autocast_cast_parameters():
+                prefix, _, name = qualified.rpartition(".")
+                module = self.get_submodule(prefix)
+                param = module._parameters[name]
+                held.append(HeldCast(module, name, param, param._version, param.data, param.detach().to(dtype)))
+            memo = self.__dict__["_held"] = (self.dtype_name, held)
+        return memo[1]
+
+    @torch.no_grad()
+    def autocast_cast_parameters(self) -> list[str]:
+        """Names of the parameters autocast casts to the compute dtype in a forward pass and that no
+        other operation reads directly: found by watching one short forward, not by a list per
+        architecture (Hyena's filter MLP and Mamba's depthwise conv read fp32 weights outside
+        autocast; they stay fp32). A parameter missed here is only slower: autocast still casts it."""
+        ids, mask = self.pad([[self.pad_token_id] * 4])
+        dtype = DTYPES[self.dtype_name]
+        watch = ParameterCasts(self, dtype)
+        # Without autocast's cache, so that a cast an enclosing region already made is seen again.
+        with torch.autocast(self.device.type, dtype=dtype, cache_enabled=False), watch:
+            self.embed_batch(ids.to(self.device), mask.to(self.device))
+        return watch.held()
 
     def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "mean":
@@ -384,6 +444,49 @@ class Encoder(nn.Module):
             payload = json.dumps(dict(config=self.config(), weights=self.weights_digest()), sort_keys=True, default=str)
             return hashlib.sha256(payload.encode()).hexdigest()
         return self._cached("fingerprint", compute)
+
+
+class HeldCast(NamedTuple):
+    """A parameter's cast to the compute dtype, and the fp32 data it was made from."""
+    module: nn.Module
+    name: str
+    param: nn.Parameter
+    version: int  # the parameter's version counter when cast (an in-place update bumps it)
+    master: torch.Tensor
+    cast: torch.Tensor
+
+    def current(self) -> bool:
+        """Still the module's parameter, with the data it was cast from, unmodified."""
+        p = self.param
+        return (self.module._parameters.get(self.name) is p and p._version == self.version
+                and p.data_ptr() == self.master.data_ptr())
+
+
+class ParameterCasts(TorchDispatchMode):
+    """Watches the aten operations of a forward pass: which of `module`'s parameters are cast to
+    `dtype` (autocast's casts arrive here as `_to_copy`) and which are read by any other operation."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.dtype = dtype
+        self.names = {p.data_ptr(): n for n, p in module.named_parameters() if p.dtype == torch.float32 and p.numel()}
+        self.cast: dict[int, int] = {}  # data_ptr -> casts seen
+        self.read: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._to_copy.default and kwargs.get("dtype") == self.dtype:
+            ptr = args[0].data_ptr()
+            self.cast[ptr] = self.cast.get(ptr, 0) + 1
+        else:
+            self.read.update(t.data_ptr() for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor))
+        return func(*args, **kwargs)
+
+    def held(self) -> list[str]:
+        return [n for ptr, n in self.names.items() if ptr in self.cast and ptr not in self.read]
+
+    def casts_of_parameters(self) -> int:
+        return sum(n for ptr, n in self.cast.items() if ptr in self.names)
 
 
 def title_text(doc: dict, sep: str = " ") -> str:

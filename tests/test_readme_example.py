@@ -24,8 +24,9 @@ def test_readme_subclass_example_runs_end_to_end(tiny_dataset, tmp_path):
     env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}", HF_HUB_OFFLINE="1")
     proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--encoder-module", "my_encoder", "--encoder", "gru",
                            "--dataset", "tiny", "--data-dir", str(tiny_dataset.parent), "--output-dir", str(out),
-                           "--quiet", "--latency-queries", "3"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+                           "--quiet", "--latency-queries", "3",
+                           "--dtype", "float32"],  # not this machine's probe (a subprocess): no dtype in the path
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(next(out.glob("tiny/gru-gru128/clean/*/summary.json")).read_text())
     assert summary["encoder"]["name"] == "gru" and summary["encoder"]["embedding_dim"] == 128

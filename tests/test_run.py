@@ -36,7 +36,8 @@ def test_end_to_end_on_tiny_dataset(tiny_dataset, tmp_path, capsys):
     assert summary["config"]["seed"] == 0 and summary["environment"]["packages"]["torch"]
     t = summary["timings"]
     assert t["corpus_encode"]["cached"] is False and t["corpus_encode"]["tokens_per_s"] > 0
-    assert t["query_latency"]["n"] == 5 and t["query_latency"]["p95_ms"] >= t["query_latency"]["p50_ms"]
+    assert t["query_latency"]["n"] == 3 * 5 and t["query_latency"]["p95_ms"] >= t["query_latency"]["p50_ms"]
+    assert t["query_latency"]["repeats"] == 3 and len(t["query_latency"]["p50_ms_repeats"]) == 3
     trec = (run / "run.trec").read_text().splitlines()
     assert len(trec) == 3 * 6  # every query, every document (top-k 100 > corpus)
     qid, q0, did, rank, score, tag = trec[0].split()

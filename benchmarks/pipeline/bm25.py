@@ -12,11 +12,11 @@ import json
 import time
 from dataclasses import replace
 
-import numpy as np
 import torch
 
 from encoders.base import load_tokenizer, title_text
 
+from .measure import REPEATS, time_calls
 from .retrievers import register_retriever
 
 
@@ -107,16 +107,7 @@ class BM25Retriever:
             run[qid] = {d: s for s, d in hits[:top_k]}  # score desc, then doc id desc
         return run, dict(top_k=top_k, similarity="bm25")
 
-    def query_latency(self, queries: list[str], n: int = 100, warmup: int = 10, top_k: int = 100) -> dict:
+    def query_latency(self, queries: list[str], n: int = 100, repeats: int = REPEATS, warmup: int = 10,
+                      top_k: int = 100) -> dict:
         """Per-query latency at batch size 1: tokenize + score + top-k, as at serving time."""
-        if not queries:
-            return {}
-        times = []
-        for i in range(n + warmup):
-            start = time.perf_counter()
-            self.search(["q"], [queries[i % len(queries)]], top_k)
-            if i >= warmup:
-                times.append((time.perf_counter() - start) * 1e3)
-        t = np.asarray(times)
-        return dict(p50_ms=float(np.percentile(t, 50)), p95_ms=float(np.percentile(t, 95)), mean_ms=float(t.mean()),
-                    n=len(times), warmup=warmup, batch_size=1)
+        return time_calls(lambda text: self.search(["q"], [text], top_k), queries, n=n, repeats=repeats, warmup=warmup)

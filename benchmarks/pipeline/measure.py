@@ -1,34 +1,73 @@
-"""Latency and memory measurements recorded in every run."""
+"""Latency and memory measurements recorded in every run.
+
+Latency is measured in one place, `time_calls`, for every retriever (a callable per query): batch
+size 1, after untimed warm-up calls, in `repeats` rounds over the same queries. p50/p95 pool every
+timed call; the spread of the rounds' p50s (their coefficient of variation) says how far a single
+round could be trusted on this machine, and gives the frontier its error bars.
+"""
 
 from __future__ import annotations
 
 import os
 import resource
 import time
+from typing import Callable
 
 import numpy as np
 import torch
 
+REPEATS = 3
+UNSTABLE_CV = 0.10  # above this, the summary says the latency is not to be trusted
 
-def query_latency(encoder, queries: list[str], n: int = 100, warmup: int = 10) -> dict:
-    """Per-query encoding latency at batch size 1 (tokenization included, as at serving time):
-    p50/p95/mean in milliseconds over `n` timed queries after `warmup` untimed ones. Cycles through
-    the queries when there are fewer than n + warmup."""
+
+def time_calls(call: Callable[[str], object], queries: list[str], n: int = 100, repeats: int = REPEATS,
+               warmup: int = 10, sync: Callable[[], None] = lambda: None) -> dict:
+    """Milliseconds per `call(query)`, one query at a time: `warmup` untimed calls, then `repeats`
+    rounds of `n` timed calls, each round over the same queries (cycled when there are fewer than n).
+    `sync` waits for an accelerator, so that its queued work is inside the timing."""
     if not queries:
         return {}
-    texts = [encoder.query_prefix + queries[i % len(queries)] for i in range(n + warmup)]
-    sync = torch.cuda.synchronize if encoder.device.type == "cuda" else (lambda: None)
-    times = []
-    for i, text in enumerate(texts):
-        sync()
-        start = time.perf_counter()
-        encoder.encode([text], show_progress=False)
-        sync()
-        if i >= warmup:
-            times.append((time.perf_counter() - start) * 1e3)
-    t = np.asarray(times)
-    return dict(p50_ms=float(np.percentile(t, 50)), p95_ms=float(np.percentile(t, 95)), mean_ms=float(t.mean()),
-                n=len(times), warmup=warmup, batch_size=1)
+    if n < 1 or repeats < 1:
+        raise ValueError(f"latency needs n >= 1 and repeats >= 1, got n={n}, repeats={repeats}")
+    for i in range(warmup):
+        call(queries[i % len(queries)])
+    sync()
+    times = np.empty((repeats, n))
+    for r in range(repeats):
+        for i in range(n):
+            start = time.perf_counter()
+            call(queries[i % len(queries)])
+            sync()
+            times[r, i] = (time.perf_counter() - start) * 1e3
+    return dict(latency_summary(times), warmup=warmup, batch_size=1)
+
+
+def latency_summary(times: np.ndarray) -> dict:
+    """p50/p95/mean over all timed calls of a (repeats, n) array of milliseconds, the p50 of each
+    round, and their coefficient of variation (sample std / mean; None for a single round)."""
+    p50s = np.percentile(times, 50, axis=1)
+    cv = float(p50s.std(ddof=1) / p50s.mean()) if len(p50s) > 1 else None
+    return dict(p50_ms=float(np.percentile(times, 50)), p95_ms=float(np.percentile(times, 95)),
+                mean_ms=float(times.mean()), n=int(times.size), repeats=int(times.shape[0]),
+                queries_per_repeat=int(times.shape[1]), p50_ms_repeats=[float(x) for x in p50s], cv=cv,
+                unstable=cv is not None and cv > UNSTABLE_CV)
+
+
+def latency_warning(lat: dict) -> str | None:
+    """One line for a run summary when the rounds disagree by more than UNSTABLE_CV."""
+    if not lat.get("unstable"):
+        return None
+    p50s = ", ".join(f"{x:.1f}" for x in lat["p50_ms_repeats"])
+    return (f"query latency unstable: p50 of {lat['repeats']} repeats {p50s} ms, CV {lat['cv']:.0%} "
+            f"> {UNSTABLE_CV:.0%} (a busy machine?)")
+
+
+def query_latency(encoder, queries: list[str], n: int = 100, repeats: int = REPEATS, warmup: int = 10) -> dict:
+    """Per-query encoding latency at batch size 1, tokenization included, as at serving time."""
+    texts = encoder.query_texts(queries)
+    sync = (lambda: torch.cuda.synchronize(encoder.device)) if encoder.device.type == "cuda" else (lambda: None)
+    return time_calls(lambda text: encoder.encode([text], show_progress=False), texts, n=n, repeats=repeats,
+                      warmup=warmup, sync=sync)
 
 
 def reset_peak_memory() -> None:

@@ -33,7 +33,7 @@ import pandas as pd
 
 from .. import perturbations
 from .metrics import METRICS
-from .results import Staging, atomic_dir, stage_run
+from .results import Staging, atomic_dir, stage_run  # noqa: F401 (atomic_dir: the analysis writes reports with it)
 
 SCHEMA = 2
 # RunConfig fields that say where things are or how the run is shown, not what it computes.
@@ -59,7 +59,7 @@ class RunConfig:
     bidirectional: str | None = None
     perturbation: str = "clean"  # see benchmarks/perturbations/__init__.py, e.g. "prune:0.5+sentence-shuffle"
     device: str = "auto"
-    dtype: str = "float32"
+    dtype: str = "auto"  # auto: the fastest of the device by a matmul probe (encoders/dtype.py)
     top_k: int = 100
     drop_self_hits: str = "auto"  # auto | on | off
     output_dir: str = "results"

@@ -105,7 +105,10 @@ class DenseRetriever:
 
     @classmethod
     def resolve(cls, cfg):
-        return replace(cfg, device=resolve_device(cfg.device))
+        from encoders.dtype import resolve_dtype
+
+        device = resolve_device(cfg.device)
+        return replace(cfg, device=device, dtype=resolve_dtype(cfg.dtype, device)[0])
 
     @classmethod
     def from_config(cls, cfg, cache):
@@ -146,7 +149,7 @@ class DenseRetriever:
         return dict(name=m.name, tag=self.tag(), config=m.config(), fingerprint=m.fingerprint,
                     num_parameters=m.num_parameters, kernel_path=m.kernel_path,
                     flops_per_token=m.flops_per_token(m.max_length), batch_tokens=m.batch_tokens,
-                    embedding_dim=int(m.embedding_dim))
+                    embedding_dim=int(m.embedding_dim), dtype_probe=m.dtype_probe)
 
 
 __all__ = ["DenseRetriever", "EncoderError", "Retriever", "check", "encoder_tag", "has_model", "load", "names",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +50,8 @@ def run_benchmark(cfg: RunConfig) -> RunResult:
 
     t_load = time.perf_counter()
     measure.reset_peak_memory()
-    cfg = retrievers.resolve(cfg)  # device and dtype as they will run: part of the run's identity
-    retriever = retrievers.load(cfg, cache)
+    retriever = retrievers.load(replace(cfg, device=retrievers.resolve_device(cfg.device)), cache)
+    cfg = as_run(cfg, retriever)  # device and dtype as they run: part of the run's identity
     run_id = cfg.run_id or new_run_id()
     target = run_dir(cfg.output_dir, ds.name, retriever.tag(), perturbation.slug, record.run_dir_name(run_id, cfg))
     staging = stage_run(target, cfg.overwrite)  # fails now if the run exists; locked temp dir until the end
@@ -113,6 +113,12 @@ def retrieve(retriever, ds: Dataset, corpus: dict, cfg: RunConfig) -> tuple[dict
     stats.update(top_k=cfg.top_k, drop_self_hits=drop, drop_self_hits_mode=cfg.drop_self_hits,
                  self_hits_dropped=dropped)
     return run, stats, timings
+
+
+def as_run(cfg: RunConfig, retriever) -> RunConfig:
+    """The configuration as it runs: resolved as a sweep resolves it before running (retrievers.resolve),
+    with the dtype the retriever actually computes in (an `auto` dtype's probe is the encoder's record)."""
+    return replace(retrievers.resolve(cfg), dtype=retriever.describe()["config"].get("dtype"))
 
 
 def self_hit_rule(ds: Dataset, mode: str) -> bool:
