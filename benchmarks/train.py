@@ -12,17 +12,24 @@ Objectives (weights as options; the loss is their weighted sum):
   contrastive  InfoNCE of each train query against the batch's documents (its judged-relevant
                document the target, other relevant ones masked), optionally with hard negatives
                mined by the teacher from the corpus
-Every step is one batch of train (query, relevant document) pairs plus random corpus documents.
-Texts: the corpus documents (whole, cut at --max-length) and the queries of the TRAIN split; test
-queries and test qrels are never read. Distilling on the corpus the model is then evaluated on is
-transductive, and training.json says so.
+Every step is one batch of train queries (each with one of its relevant documents) plus random
+corpus documents. Texts: the corpus documents (whole, cut at --max-length) and the queries of the
+TRAIN split of each dataset of --dataset (one, or a mix: scifact,nfcorpus); test queries and test
+qrels are never read. Distilling on the corpus the model is then evaluated on is transductive, and
+training.json says so.
 
-Every architecture gets the same budget (wall-clock --budget-minutes of training steps, and/or
---steps), the same data order (--seed), the same tokenizer and, with --init-embeddings teacher, the
-teacher's token embeddings, so that they differ only in their sequence mixers. The checkpoint
-directory holds the model (loadable by encoders.load), `trainer_state.pt` (optimizer, step, RNG,
-elapsed time: --resume continues a killed run to the same budget) and `training.json` (recipe, data,
-budget, steps done, losses, versions).
+Budgets: --steps N is the primary one: every student takes the same optimizer steps over the same
+batches (--seed fixes the initialisation and the data order), and the schedule depends on the step
+alone, so a resumed run ends with the weights of an uninterrupted one on any machine.
+--budget-minutes M (wall-clock minutes of training steps) is the secondary one: the steps done and
+the weights then depend on the machine and each architecture's kernels; training.json records which.
+With the same tokenizer and, with --init-embeddings teacher, the teacher's token embeddings, the
+students differ only in their architectures (the shared-* encoders: only in their sequence mixers).
+Each encoder declares its optimizer groups (Encoder.optimizer_groups; e.g. Hyena's implicit filters
+without weight decay). The checkpoint directory holds the model (loadable by encoders.load),
+`trainer_state.pt` (optimizer, step, RNG, elapsed time: --resume continues a killed run to the same
+budget) and `training.json` (recipe, data mix, budget and its mode, optimizer groups, steps done,
+losses, versions). A YAML plan may list `seeds: [0, 1, 2]`: one checkpoint per seed.
 """
 
 from __future__ import annotations
@@ -52,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     helps = dict(
         preset="a randomly initialised student: tiny, small, base", checkpoint="start from this checkpoint instead",
         out="checkpoint directory (default: <output-dir>/<encoder>-<preset>-<dataset>-<name>)",
-        budget_minutes="wall-clock minutes of training steps", steps="optimizer steps",
+        budget_minutes="secondary budget: wall-clock minutes of training steps (machine-dependent)",
+        steps="primary budget: optimizer steps (the schedule depends on the step alone)",
+        dataset="a dataset, or a training mix: comma-separated (scifact,nfcorpus)",
+        device="auto: cuda when available, else cpu", dtype="auto: bfloat16 on a GPU that has it, else float32",
         teacher="registered encoder of the teacher (bert: the packaged all-MiniLM-L6-v2)",
         init_embeddings="teacher: copy the teacher's token embeddings into the student", hard_negatives=
         "mine one negative per pair from the teacher's top-k non-relevant documents (0: off)",

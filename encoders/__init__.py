@@ -65,7 +65,7 @@ def import_encoder_module(module: str) -> None:
 
 # Built-in architectures (each module registers itself). The one list of the six compared.
 ARCHITECTURES = ("bert", "mamba", "rwkv", "hyena", "retnet", "gla")
-from . import bert, gla, hyena, mamba, retnet, rwkv  # noqa: E402,F401
+from . import bert, gla, hyena, mamba, retnet, rwkv, shared  # noqa: E402,F401
 
 __all__ = ["ARCHITECTURES", "Encoder", "EncoderError", "PRESETS", "register_encoder", "available", "get", "load",
            "import_encoder_module", "load_tokenizer", "packaged_minilm_path"]

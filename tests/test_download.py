@@ -11,6 +11,7 @@ import shutil
 import socket
 import threading
 import zipfile
+from pathlib import Path
 
 import pytest
 

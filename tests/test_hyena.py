@@ -161,3 +161,27 @@ def test_parameter_count_matches_bert(preset):
     assert abs(hyena.num_parameters / bert.num_parameters - 1) < 0.15
     f256, f1024 = hyena.flops_per_token(256), hyena.flops_per_token(1024)
     assert 0 < f256 < f1024 < 1.2 * f256  # the mixer grows with log L only
+
+
+def test_pads_are_zeroed_around_the_long_convolution(tiny):
+    # Right padding, huge values at the pads: the FFT mixes all positions, so without zeroing the
+    # pads their rounding error (~1e-7 x 1e6 per tap) would reach the real positions.
+    torch.manual_seed(3)
+    hyena = tiny.model.layers[0].attn
+    x = torch.randn(2, 20, 64)
+    mask = torch.ones(2, 20, dtype=torch.long)
+    mask[0, 12:] = 0
+    noisy = x.clone()
+    noisy[0, 12:] = 1e6
+    with torch.no_grad():
+        a, b = hyena(x, mask), hyena(noisy, mask)
+    np.testing.assert_allclose(b[0, :12], a[0, :12], atol=1e-5)  # fp32 FFT of O(1) values over 40 bins
+    np.testing.assert_allclose(b[1], a[1], atol=0)
+
+
+def test_short_convolution_starts_without_a_bias():
+    torch.manual_seed(0)
+    enc = encoders.load("hyena", preset="tiny", show_progress=False)
+    for layer in enc.model.layers:
+        assert torch.count_nonzero(layer.attn.short_filter.bias) == 0
+        assert layer.attn.short_filter.weight.abs().max() > 0  # the weights keep PyTorch's init

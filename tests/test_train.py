@@ -48,16 +48,15 @@ def test_loss_decreases_on_a_fixed_batch(split_dataset, tmp_path, teacher):
     cfg = config(split_dataset, tmp_path, encoder="hyena")
     torch.manual_seed(0)
     student = encoders.load("hyena", preset="tiny", max_length=32, show_progress=False)
-    data, ds = T.load_train_data(cfg, student)
-    tq, td = T.teacher_embeddings(teacher, [ds.queries[q] for q in data.query_ids],
-                                  [ds.corpus[d] for d in data.doc_ids], EmbeddingCache(tmp_path / "cache"))
+    data = T.load_train_data(cfg, student)
+    tq, td = T.teacher_embeddings(teacher, data.sources, EmbeddingCache(tmp_path / "cache"))
     ids = student.tokenize(data.queries + data.docs)
     batch = T.make_batch(data, cfg, 0, T.mine_hard_negatives(tq, td, data.relevant, 2))
     optimizer = T.make_optimizer(cfg, student)
     student.train()
     first = T.losses(cfg, student, data, ids, batch, tq, td)
     for _ in range(25):
-        T.train_step(cfg, student, optimizer, data, ids, batch, tq, td, lr=3e-3)
+        T.train_step(cfg, student, optimizer, data, ids, batch, tq, td, factor=3e-3 / cfg.lr)
     last = T.losses(cfg, student, data, ids, batch, tq, td)
     assert set(first) == {"cos", "kl", "contrastive", "loss"}
     for term in ("loss", "cos", "kl"):
@@ -100,8 +99,8 @@ def test_bert_checkpoint_keeps_sentence_transformers_settings(tmp_path):
     assert torch.equal(torch.from_numpy(again.encode(texts)), torch.from_numpy(custom.encode(texts)))
 
 
-@pytest.mark.parametrize("name", ["bert", "mamba"])  # bert: dropout draws from the RNG; mamba: the custom scan
-def test_resume_equals_uninterrupted(name, split_dataset, tmp_path, teacher, monkeypatch):
+@pytest.mark.parametrize("name", ["bert", "mamba", "hyena"])  # bert: dropout draws from the RNG; mamba: the
+def test_resume_equals_uninterrupted(name, split_dataset, tmp_path, teacher, monkeypatch):  # scan; hyena: groups
     whole = T.train(config(split_dataset, tmp_path / "a", encoder=name, steps=5), teacher=teacher)
 
     cfg = config(split_dataset, tmp_path / "b", encoder=name, steps=5)
@@ -113,12 +112,17 @@ def test_resume_equals_uninterrupted(name, split_dataset, tmp_path, teacher, mon
             raise KeyboardInterrupt  # as if killed during step 4; steps 1-3 were checkpointed
         return step(*args, **kw)
 
+    # The interrupted session also runs on a machine where every step seems to take an hour: under a
+    # step budget neither the schedule nor the end may notice.
+    clock = iter(range(0, 10 ** 9, 3600))
+    monkeypatch.setattr(T.loop.time, "perf_counter", lambda: float(next(clock)))
     monkeypatch.setattr(T.loop, "train_step", killed_at_fourth)
     with pytest.raises(KeyboardInterrupt):
         T.train(cfg, teacher=teacher)
     partial = json.loads((cfg.out_dir() / "training.json").read_text())
     assert partial["complete"] is False and partial["steps_done"] == 3
-    monkeypatch.setattr(T.loop, "train_step", step)
+    assert partial["train_seconds"] >= 3 * 3600  # the fake clock was in use
+    monkeypatch.undo()
     with pytest.raises(T.TrainError, match="--resume"):
         T.train(cfg, teacher=teacher)
     resumed = T.train(cfg, resume=True, teacher=teacher)
@@ -131,6 +135,7 @@ def test_resume_equals_uninterrupted(name, split_dataset, tmp_path, teacher, mon
     assert ma["steps_done"] == mb["steps_done"] == 5 and mb["complete"] and mb["sessions"] == 2
     # the same weights (bitwise, above) and batch: the loss differs at most by the forward's rounding
     assert_close(mb["final_loss"]["loss"], ma["final_loss"]["loss"], **TINY)
+    assert ma["budget"]["mode"] == "steps" and "primary" in ma["budget"]["note"]
 
 
 def test_test_queries_never_reach_the_model(split_dataset, tmp_path, teacher, monkeypatch):
@@ -178,7 +183,8 @@ def test_trained_sweep_loads():
     (["--encoder", "nope", "--steps", "1"], "unknown encoder 'nope'"),
     (["--encoder", "bert", "--preset", "tiny", "--budget-minutes", "0"], "budget must be positive"),
     (["--encoder", "bert", "--preset", "tiny", "--steps", "-3"], "budget must be positive"),
-    (["--encoder", "bert", "--preset", "tiny"], "give a budget"),
+    (["--encoder", "bert", "--preset", "tiny"], "give one budget"),
+    (["--encoder", "bert", "--preset", "tiny", "--steps", "3", "--budget-minutes", "1"], "give one budget"),
     (["--encoder", "bert", "--preset", "tiny", "--steps", "1"], "no qrels for split 'train'"),
 ])
 def test_bad_input_is_one_line(args, message, tiny_dataset, tmp_path, capsys):
@@ -208,3 +214,112 @@ def test_only_trains_part_of_a_plan(split_dataset, tmp_path, capsys):
     assert train_main(["--config", str(plan_file), "--only", "gla,mamba"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--only names encoders not in the plan: mamba" in err and err.count("\n") == 1
+
+
+@pytest.fixture
+def second_dataset(tmp_path):
+    """Another dataset with train and test splits, for a training mix."""
+    corpus = [{"_id": "e1", "title": "Tides", "text": "The moon's gravity raises the tides."},
+              {"_id": "e2", "title": "Volcanoes", "text": "Magma rises through the crust and erupts."},
+              {"_id": "e3", "title": "Rainbows", "text": "Sunlight refracts in raindrops into colours."}]
+    queries = [{"_id": "m1", "text": "why does the sea rise and fall"},
+               {"_id": "m2", "text": "where do colours in the sky come from"},
+               {"_id": "mt", "text": SECRET + " in a volcano"}]
+    root = write_beir(tmp_path / "data" / "geo", corpus, queries, [("m1", "e1", 1), ("m2", "e3", 2)], split="train")
+    return write_beir(root, corpus, queries, [("mt", "e2", 1)], split="test")
+
+
+def test_a_mix_reads_only_train_splits(split_dataset, second_dataset, tmp_path, teacher, monkeypatch):
+    import benchmarks.pipeline.data as pipeline_data
+
+    read, seen = [], []
+    read_qrels, tokenize = pipeline_data.read_qrels, encoders.Encoder.tokenize
+    monkeypatch.setattr(pipeline_data, "read_qrels", lambda path: read.append(path) or read_qrels(path))
+    monkeypatch.setattr(encoders.Encoder, "tokenize", lambda self, texts: seen.extend(texts) or tokenize(self, texts))
+    out = T.train(config(split_dataset, tmp_path, dataset=[str(split_dataset), str(second_dataset)], steps=3,
+                         contrastive_weight=1.0), teacher=teacher)
+    assert sorted((p.parent.parent.name, p.name) for p in read) == [("geo", "train.tsv"), ("toy", "train.tsv")]
+    assert "why does the sea rise and fall" in seen and not any("SECRET" in t for t in seen)
+    data = json.loads((out / "training.json").read_text())["data"]
+    assert [(m["dataset"], m["split"], m["queries"], m["documents"]) for m in data["mix"]] == [
+        ("toy", "train", 3, 6), ("geo", "train", 2, 3)]
+    assert data["test_queries_used"] is False and data["test_qrels_used"] is False
+    assert out.name == "bert-tiny-toy-geo-distill"
+
+
+def test_training_reads_datasets_through_the_train_door_only():
+    # Every dataset read in the training package goes through load_train_split (the spy test above
+    # checks what it reads); a second call of load_dataset elsewhere would bypass it.
+    sources = {p.name: p.read_text() for p in (REPO / "benchmarks/training").glob("*.py")}
+    calls = {name: text.count("load_dataset(") for name, text in sources.items() if "load_dataset(" in text}
+    assert calls == {"data.py": 1} and "load_dataset(name, TRAIN_SPLIT, data_dir)" in sources["data.py"]
+
+
+def test_seeds_expand_a_plan_and_change_init_and_data_order(split_dataset, tmp_path, teacher):
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(f"defaults: {{dataset: {split_dataset}, preset: tiny, steps: 1, max_length: 32, "
+                         f"batch_pairs: 2, batch_docs: 2, output_dir: {tmp_path / 'ckpt'}, cache_dir: {tmp_path / 'c'}, "
+                         "seeds: [0, 1]}\nruns:\n  - {encoder: gla}\n  - {encoder: retnet, seeds: [5]}\n")
+    plan = T.load_plan(plan_file)
+    assert [(c.encoder, c.seed, c.out_dir().name) for c in plan] == [
+        ("gla", 0, "gla-tiny-toy-distill-seed0"), ("gla", 1, "gla-tiny-toy-distill-seed1"),
+        ("retnet", 5, "retnet-tiny-toy-distill-seed5")]
+    a, b = (T.train(c, teacher=teacher) for c in plan[:2])
+    assert load_file(str(a / "model.safetensors"))["model.layers.0.attn.q_proj.weight"].ne(
+        load_file(str(b / "model.safetensors"))["model.layers.0.attn.q_proj.weight"]).any()
+    data = T.load_train_data(plan[0], encoders.load("gla", preset="tiny", show_progress=False))
+    orders = [[T.make_batch(data, c, step, None)[0].tolist() for step in range(6)] for c in plan[:2]]
+    assert orders[0] != orders[1]
+
+
+def test_bad_seeds_are_one_line(tmp_path):
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text("defaults: {steps: 1, seeds: [0, 0]}\nruns:\n  - {encoder: gla}\n")
+    with pytest.raises(T.TrainError, match="runs entry 1: seeds must be a non-empty list of distinct integers"):
+        T.load_plan(plan_file)
+
+
+def test_optimizer_honours_declared_groups():
+    torch.manual_seed(0)
+    cfg = T.TrainConfig(encoder="hyena", preset="tiny", steps=1, lr=1e-3, weight_decay=0.1)
+    student = encoders.load("hyena", preset="tiny", show_progress=False)
+    optimizer = T.make_optimizer(cfg, student)
+    group_of = {id(p): (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+    params = dict(student.named_parameters())
+    assert len(group_of) == len(params)  # every parameter, once
+    filt = "model.layers.0.attn.filter."
+    from encoders.hyena import POS_LR_SCALE
+    expected = {
+        filt + "inp.weight": (1e-3, 0.0), filt + "hidden.1.weight": (1e-3, 0.0), filt + "out.weight": (1e-3, 0.0),
+        filt + "freq": (1e-3, 0.0), filt + "z": (1e-3 * POS_LR_SCALE, 0.0),  # Hyena's declared hints
+        "model.layers.0.attn.in_proj.weight": (1e-3, 0.1), "model.embeddings.weight": (1e-3, 0.1),  # the default:
+        "model.layers.0.attn_norm.weight": (1e-3, 0.0), "model.layers.0.attn.in_proj.bias": (1e-3, 0.0),  # rule
+    }
+    assert {name: group_of[id(params[name])] for name in expected} == expected
+    assert "deltas" in dict(student.model.layers[0].attn.filter.named_buffers())  # the decay window: fixed,
+    assert not any(name.endswith("deltas") for name in params)  # never trained
+
+
+def test_any_architecture_may_declare_a_group(split_dataset, tmp_path):
+    # A hint on any parameter of any encoder puts it in its own group, whose rate the schedule scales.
+    torch.manual_seed(0)
+    student = encoders.load("retnet", preset="tiny", max_length=32, show_progress=False)
+    norm = student.model.layers[1].attn_norm.weight
+    encoders.base.set_optim_hint([norm], lr_scale=0.5, weight_decay=0.3)
+    cfg = config(split_dataset, tmp_path, encoder="retnet", lr=2e-3, cos_weight=0, kl_weight=0, hard_negatives=0)
+    optimizer = T.make_optimizer(cfg, student)
+    [group] = [g for g in optimizer.param_groups if any(p is norm for p in g["params"])]
+    assert (group["lr"], group["weight_decay"], len(group["params"])) == (1e-3, 0.3, 1)
+    data = T.load_train_data(cfg, student)
+    ids = student.tokenize(data.queries + data.docs)
+    T.train_step(cfg, student, optimizer, data, ids, T.make_batch(data, cfg, 0, None), None, None, factor=0.25)
+    assert group["lr"] == pytest.approx(0.25 * 1e-3) and optimizer.param_groups[0]["lr"] == pytest.approx(0.25 * 2e-3)
+
+
+def test_fair_plan_is_six_mixers_three_seeds_one_step_budget():
+    plan = T.load_plan(REPO / "benchmarks/configs/train_fair.yaml")
+    assert sorted({c.encoder for c in plan}) == sorted(f"shared-{a}" for a in ARCHS)
+    assert sorted((c.encoder, c.seed) for c in plan) == sorted((f"shared-{a}", s) for a in ARCHS for s in (0, 1, 2))
+    assert {c.budget_mode for c in plan} == {"steps"} and {tuple(c.datasets) for c in plan} == {("scifact", "nfcorpus")}
+    same = [{**c.recipe(), "encoder": 0, "seed": 0, "name": 0} for c in plan]  # one recipe but for mixer and seed
+    assert all(r == same[0] for r in same) and len({c.out_dir() for c in plan}) == 18

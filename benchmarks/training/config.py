@@ -20,14 +20,15 @@ class TrainConfig:
     encoder: str = "bert"
     preset: str | None = None  # a randomly initialised student at a shared size ...
     checkpoint: str | None = None  # ... or one to start from
-    dataset: str = "scifact"
+    dataset: str | list[str] = "scifact"  # one dataset, or a training mix: a list (CLI: comma-separated)
     data_dir: str | None = None
     name: str = "distill"  # recipe name: part of the default checkpoint path
     output_dir: str = "results/checkpoints"
     out: str | None = None  # default: <output_dir>/<encoder>-<preset>-<dataset>-<name>
-    budget_minutes: float | None = None  # wall-clock seconds of training steps (teacher encoding excluded)
-    steps: int | None = None  # optimizer steps; with both, whichever ends first
-    seed: int = 0
+    steps: int | None = None  # the primary budget: optimizer steps; the schedule depends on the step alone
+    budget_minutes: float | None = None  # the secondary one: wall-clock minutes of training steps (teacher
+    #   encoding excluded); steps done and final weights then depend on the machine and its load
+    seed: int = 0  # the student's initialisation and the data order
     max_length: int = 256  # tokens per training text (teacher and student alike)
     batch_pairs: int = 8  # train (query, relevant document) pairs per step
     batch_docs: int = 8  # further random corpus documents per step
@@ -46,7 +47,35 @@ class TrainConfig:
     limit_docs: int | None = None  # the first N corpus documents only (quick runs)
     save_every_minutes: float = 5.0
     cache_dir: str | None = None  # teacher embeddings; default: results/.cache/embeddings
+    device: str = "auto"  # auto: cuda when torch sees one, else cpu
+    dtype: str = "auto"  # autocast dtype; auto: bfloat16 on a GPU that has it (float16 otherwise), float32 on the CPU
     show_progress: bool = True
+
+    @property
+    def datasets(self) -> list[str]:
+        """The training mix: dataset names (or folders), in order."""
+        names = self.dataset.split(",") if isinstance(self.dataset, str) else list(self.dataset)
+        return [n.strip() for n in names if str(n).strip()]
+
+    @property
+    def budget_mode(self) -> str:
+        return "steps" if self.steps is not None else "wall-clock"
+
+    def resolved_device(self) -> str:
+        import torch
+
+        return ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
+
+    def resolved_dtype(self) -> str:
+        """bf16 autocast on a GPU that has it (no loss scaling needed; weights and optimizer stay
+        float32), float32 elsewhere."""
+        import torch
+
+        if self.dtype != "auto":
+            return self.dtype
+        if not self.resolved_device().startswith("cuda"):
+            return "float32"
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
 
     @property
     def uses_teacher(self) -> bool:
@@ -54,21 +83,25 @@ class TrainConfig:
 
     def recipe(self) -> dict:
         """What determines the trained model (a resumed run must match it)."""
-        skip = ("out", "output_dir", "save_every_minutes", "cache_dir", "show_progress", "data_dir")
+        skip = ("out", "output_dir", "save_every_minutes", "cache_dir", "show_progress", "data_dir", "device")
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
     def out_dir(self) -> Path:
         if self.out:
             return Path(self.out)
         start = self.preset or (Path(self.checkpoint).name if self.checkpoint else "default")
-        return Path(self.output_dir) / slug(f"{self.encoder}-{start}-{Path(self.dataset).name}-{self.name}")
+        mix = "+".join(Path(d).name for d in self.datasets)
+        return Path(self.output_dir) / slug(f"{self.encoder}-{start}-{mix}-{self.name}")
 
 
 def check_config(cfg: TrainConfig) -> None:
     if not hasattr(encoders.get(cfg.encoder), "save_pretrained"):  # (an unknown encoder: one line, before loading)
         raise TrainError(f"encoder {cfg.encoder!r} has no save_pretrained(directory) to write its checkpoints")
-    if cfg.budget_minutes is None and cfg.steps is None:
-        raise TrainError("give a budget: --budget-minutes and/or --steps")
+    if (cfg.budget_minutes is None) == (cfg.steps is None):
+        raise TrainError("give one budget: --steps N (the primary, reproducible one) or --budget-minutes M "
+                         "(wall-clock: its steps depend on the machine)")
+    if not cfg.datasets:
+        raise TrainError("--dataset names no dataset")
     if (cfg.budget_minutes is not None and not cfg.budget_minutes > 0) or (cfg.steps is not None and cfg.steps <= 0):
         raise TrainError(f"the budget must be positive, got --budget-minutes {cfg.budget_minutes} --steps {cfg.steps}")
     if cfg.batch_pairs < 1 or cfg.batch_docs < 0 or cfg.max_length < 8 or cfg.hard_negatives < 0:
@@ -80,11 +113,16 @@ def check_config(cfg: TrainConfig) -> None:
         raise TrainError("loss weights must be >= 0 and not all 0")
     if not (cfg.lr > 0 and cfg.temperature > 0):
         raise TrainError("--lr and --temperature must be positive")
+    if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise TrainError(f"--dtype must be auto, float32, bfloat16 or float16, got {cfg.dtype!r}")
+    if cfg.resolved_dtype() == "float16":
+        raise TrainError("--dtype float16 would need loss scaling, which this trainer does not do; use bfloat16")
 
 
 def load_plan(path: str | Path) -> list[TrainConfig]:
     """A YAML file: `defaults` (any TrainConfig field) and `runs` (a list of mappings, each at least
-    {encoder: ...}); see benchmarks/configs/train_all.yaml."""
+    {encoder: ...}); see benchmarks/configs/train_all.yaml. `seeds: [0, 1, 2]` (in defaults or a run)
+    expands a run into one student per seed, each in its own checkpoint (`<name>-seed<N>`)."""
     import yaml
 
     try:
@@ -101,11 +139,24 @@ def load_plan(path: str | Path) -> list[TrainConfig]:
     plan = []
     for i, entry in enumerate(spec["runs"], 1):
         merged = {**(spec.get("defaults") or {}), **(entry or {})}
+        seeds = merged.pop("seeds", None)
         if set(merged) - known:
             raise TrainError(f"{path}: runs entry {i}: unknown field(s) {', '.join(sorted(set(merged) - known))}")
-        cfg = TrainConfig(**merged)
-        check_config(cfg)
-        plan.append(cfg)
+        if seeds is not None:
+            if "seed" in merged:
+                raise TrainError(f"{path}: runs entry {i}: give seed or seeds, not both")
+            if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)
+                    and len(set(seeds)) == len(seeds)):
+                raise TrainError(f"{path}: runs entry {i}: seeds must be a non-empty list of distinct integers")
+        for seed in seeds if seeds is not None else [None]:
+            one = merged if seed is None else {**merged, "seed": seed,
+                                               "name": f"{merged.get('name', TrainConfig.name)}-seed{seed}"}
+            cfg = TrainConfig(**one)
+            try:
+                check_config(cfg)
+            except TrainError as e:
+                raise TrainError(f"{path}: runs entry {i}: {e}") from None
+            plan.append(cfg)
     if len({c.out_dir() for c in plan}) != len(plan):
         raise TrainError(f"{path}: two runs would write the same checkpoint directory")
     return plan

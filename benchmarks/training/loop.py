@@ -21,20 +21,20 @@ from .losses import losses
 
 
 def lr_factor(step: int, progress: float, warmup_steps: int) -> float:
-    """Linear warmup over the first steps, then cosine decay to 0 over the budget (progress 0..1:
-    the larger of steps done / --steps and seconds trained / budget)."""
+    """Linear warmup over the first steps, then cosine decay to 0 over the budget (progress 0..1)."""
     return min(1.0, (step + 1) / max(1, warmup_steps)) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def progress_of(cfg: TrainConfig, step: int, seconds: float) -> float:
-    p = [step / cfg.steps] if cfg.steps else []
-    p += [seconds / (60 * cfg.budget_minutes)] if cfg.budget_minutes else []
-    return max(p)
+    """How much of the budget is spent. Under a step budget the step alone: the schedule, and so the
+    weights, are the same on any machine and after any resume. Under a wall-clock budget the seconds."""
+    return step / cfg.steps if cfg.budget_mode == "steps" else seconds / (60 * cfg.budget_minutes)
 
 
-def train_step(cfg, student, optimizer, data, ids, batch, tq, td, lr: float) -> dict:
+def train_step(cfg, student, optimizer, data, ids, batch, tq, td, factor: float) -> dict:
+    """One optimizer step at `factor` x each group's own learning rate (see make_optimizer)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = group["base_lr"] * factor
     out = losses(cfg, student, data, ids, batch, tq, td)
     optimizer.zero_grad(set_to_none=True)
     out["loss"].backward()
@@ -44,11 +44,29 @@ def train_step(cfg, student, optimizer, data, ids, batch, tq, td, lr: float) -> 
 
 
 def make_optimizer(cfg: TrainConfig, student) -> torch.optim.Optimizer:
-    params = [p for p in student.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]  # matrices and embeddings; not norms, biases, decays
-    rest = [p for p in params if p.ndim < 2]
-    return torch.optim.AdamW([dict(params=decay, weight_decay=cfg.weight_decay), dict(params=rest, weight_decay=0.0)],
-                             lr=cfg.lr, betas=(0.9, 0.98))
+    """AdamW over the parameter groups the encoder declares (Encoder.optimizer_groups: matrices decay,
+    vectors do not, and an architecture's own hints, e.g. Hyena's filters), each group's base
+    learning rate kept as `base_lr` for the schedule to scale."""
+    groups = student.optimizer_groups(cfg.lr, cfg.weight_decay)
+    for group in groups:
+        group["base_lr"] = group["lr"]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98))
+
+
+def describe_groups(student, optimizer) -> list[dict]:
+    """Each optimizer group's hyperparameters and the parameters in it, for training.json."""
+    names = {id(p): n for n, p in student.named_parameters()}
+    return [dict(lr=g["base_lr"], weight_decay=g["weight_decay"], parameters=sum(p.numel() for p in g["params"]),
+                 tensors=len(g["params"]), example=names.get(id(g["params"][0])) if g["params"] else None)
+            for g in optimizer.param_groups]
+
+
+BUDGET_NOTES = {
+    "steps": "primary: every student takes the same optimizer steps over the same batches; the schedule "
+             "depends on the step alone, so the result does not depend on the machine",
+    "wall-clock": "secondary: the same minutes of training steps; the steps done, the schedule and the final "
+                  "weights depend on the machine, its load and each architecture's kernels",
+}
 
 
 # -- the training run ---------------------------------------------------------------------------
@@ -70,22 +88,23 @@ def train(cfg: TrainConfig, resume: bool = False, teacher=None) -> Path:
             raise TrainError(f"--resume: {out} was trained with other options ({', '.join(diff)})")
 
     torch.manual_seed(cfg.seed)  # the student's random init
-    opts = dict(max_length=cfg.max_length, show_progress=False)
+    opts = dict(max_length=cfg.max_length, show_progress=False, device=cfg.resolved_device(),
+                dtype=cfg.resolved_dtype())
     if resume:
         student = encoders.load(cfg.encoder, checkpoint=str(out), **opts)
     else:
         student = encoders.load(cfg.encoder, checkpoint=cfg.checkpoint, preset=cfg.preset, **opts)
-    data, ds = load_train_data(cfg, student)
+    data = load_train_data(cfg, student)
 
     tq = td = negatives = None
     teacher_info = None
     if cfg.uses_teacher:
         if teacher is None:
             teacher = encoders.load(cfg.teacher, checkpoint=cfg.teacher_checkpoint, max_length=cfg.max_length,
-                                    show_progress=cfg.show_progress)
+                                    show_progress=cfg.show_progress, device=cfg.resolved_device(),
+                                    dtype=cfg.resolved_dtype())
         cache = EmbeddingCache(Path(cfg.cache_dir or "results/.cache/embeddings"))
-        tq, td = teacher_embeddings(teacher, [ds.queries[q] for q in data.query_ids],
-                                    [ds.corpus[d] for d in data.doc_ids], cache)
+        tq, td = teacher_embeddings(teacher, data.sources, cache)
         teacher_info = dict(encoder=teacher.name, label=teacher.label, fingerprint=teacher.fingerprint,
                             max_length=teacher.max_length, embedding_dim=int(tq.shape[1]))
         width = student.embedding_dim
@@ -119,11 +138,14 @@ def train(cfg: TrainConfig, resume: bool = False, teacher=None) -> Path:
         info = dict(
             complete=complete, encoder=cfg.encoder, start=f"preset:{cfg.preset}" if cfg.preset else cfg.checkpoint,
             created=created, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"), recipe=cfg.recipe(), seed=cfg.seed,
-            budget=dict(minutes=cfg.budget_minutes, steps=cfg.steps), steps_done=state["step"],
+            budget=dict(mode=cfg.budget_mode, steps=cfg.steps, minutes=cfg.budget_minutes,
+                        note=BUDGET_NOTES[cfg.budget_mode]), steps_done=state["step"],
             train_seconds=state["train_seconds"], wall_seconds=state["wall_seconds"] + time.perf_counter() - wall_start,
             sessions=state["sessions"], final_loss=dict(last, mean_last_20=float(np.mean(recent)) if recent else None),
             loss_curve=state["history"][::max(1, len(state["history"]) // 50)],  # [step, loss, seconds]
             data=data.describe, teacher=teacher_info, kernel_path=student.kernel_path,
+            device=str(student.device), dtype=student.dtype_name,
+            optimizer_groups=describe_groups(student, optimizer),
             num_parameters=student.num_parameters, environment=environment(student.device),
         )
         saved = dict(state, optimizer=optimizer.state_dict(), torch_rng=torch.get_rng_state(),
@@ -141,9 +163,10 @@ def train(cfg: TrainConfig, resume: bool = False, teacher=None) -> Path:
               disable=not cfg.show_progress) as bar:
         while not done():
             step = state["step"]
-            lr = cfg.lr * lr_factor(step, progress_of(cfg, step, state["train_seconds"]), cfg.warmup_steps)
+            factor = lr_factor(step, progress_of(cfg, step, state["train_seconds"]), cfg.warmup_steps)
+            lr = cfg.lr * factor
             t = time.perf_counter()
-            last = train_step(cfg, student, optimizer, data, ids, make_batch(data, cfg, step, negatives), tq, td, lr)
+            last = train_step(cfg, student, optimizer, data, ids, make_batch(data, cfg, step, negatives), tq, td, factor)
             state["train_seconds"] += time.perf_counter() - t
             state["step"] += 1
             state["history"].append([state["step"], last["loss"], round(state["train_seconds"], 3)])

@@ -1,0 +1,276 @@
+"""One block for all six: the shared-block family, for comparing sequence mixers and nothing else.
+
+Every member is `blocks.MixerModel`: token embeddings, then `num_layers` pre-norm residual blocks
+
+    x = x + mixer(RMSNorm(x), mask)
+    x = x + SwiGLU-MLP(RMSNorm(x))
+
+and a final RMSNorm, at one preset size (`encoders.base.PRESETS`). Only the mixer differs, as in
+zoology's mixer comparisons. The mixers, declared in `MIXERS` below, each sized to ~4 d^2 parameters
+(what BERT's attention has), so that the members are parameter-matched (within 5% at `small`; see
+`parameter_table`):
+
+    bert    bidirectional softmax attention (q, k, v, o with biases; rotary positions, as the
+            family has no position embeddings)
+    mamba   Mamba's selective SSM (transformers' MambaMixer on encoders/mamba.py's chunked scan),
+            inner width 1.25 d instead of Mamba's 2 d (its own block has no MLP to pay for)
+    rwkv    RWKV-4's time-mix (transformers' RwkvSelfAttention: token shift + WKV)
+    hyena   the Hyena operator of encoders/hyena.py (order 2, implicit filters)
+    retnet  multi-scale retention of encoders/retnet.py (key width d/2, value width d, output gate)
+    gla     gated linear attention of encoders/gla.py (fla's published shape: key d/2, value d)
+
+Each is registered as an encoder named `shared-<mixer>` (`--encoder shared-hyena --preset small`),
+and saves and reloads its own checkpoint format (config.json with model_type "shared-block",
+model.safetensors). The checkpoint-compatible encoders (`--encoder hyena`, ...) are untouched.
+Mixers that come with an upstream initialisation (Mamba's dt and A, RWKV's decays and token-shift
+mixes) keep it (`own_init`); the others get the block's normal(0, 0.02).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import register_encoder
+from .base import PRESETS, Encoder, EncoderError, _first_line, checkpoint_tokenizer, resolve_preset
+from .blocks import MixerModel, gated_mlp_size
+
+MODEL_TYPE = "shared-block"
+
+
+# -- the mixers ---------------------------------------------------------------------------------
+class BidirectionalAttention(nn.Module):
+    """Softmax self-attention over all real tokens (pads masked as keys), BERT's projections (with
+    biases), rotary positions on queries and keys (encoders/retnet.py's `rotary`)."""
+
+    def __init__(self, hidden_size: int, num_heads: int):
+        super().__init__()
+        if hidden_size % num_heads or (hidden_size // num_heads) % 2:
+            raise EncoderError(f"attention: hidden size {hidden_size} must split into {num_heads} heads of even width")
+        self.num_heads = num_heads
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(hidden_size, hidden_size) for _ in range(4))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        from .retnet import rotary
+
+        def heads(t):  # (B, L, D) -> (B, H, L, D/H)
+            return t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+
+        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        q, k = rotary(q).to(v.dtype), rotary(k).to(v.dtype)
+        keys = None if bool(mask.all()) else mask[:, None, None, :].bool()  # (B, 1, 1, L)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=keys)
+        return self.o_proj(o.transpose(1, 2).flatten(-2))
+
+
+class MambaMixer(nn.Module):
+    """transformers' MambaMixer as a block mixer, on encoders/mamba.py's chunked scan (CPU) or
+    mamba-ssm's kernels (CUDA, when installed), with mamba-ssm's initialisation."""
+    own_init = True
+
+    def __init__(self, mixer: nn.Module):
+        super().__init__()
+        self.mixer = mixer
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.mixer(x, attention_mask=None if bool(mask.all()) else mask)
+
+
+class RwkvTimeMix(nn.Module):
+    """transformers' RwkvSelfAttention (RWKV-4 time-mix) as a block mixer, with RWKV's initialisation.
+    Causal and recurrent: with right padding real tokens never see a pad."""
+    own_init = True
+
+    def __init__(self, attention: nn.Module):
+        super().__init__()
+        self.attention = attention
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.attention(x)[0]
+
+
+def attention_mixers(cfg: dict) -> list[nn.Module]:
+    return [BidirectionalAttention(cfg["hidden_size"], cfg["num_heads"]) for _ in range(cfg["num_layers"])]
+
+
+def mamba_mixers(cfg: dict) -> list[nn.Module]:
+    from transformers import MambaConfig, MambaModel
+
+    from .mamba import D_CONV, D_STATE, bind_chunked_scan, mamba_kernels_available, reference_init
+
+    config = MambaConfig(vocab_size=1, hidden_size=cfg["hidden_size"], num_hidden_layers=cfg["num_layers"], expand=1,
+                         state_size=D_STATE, conv_kernel=D_CONV, use_cache=False)
+    config.intermediate_size = cfg["mamba_inner"]  # MambaConfig takes only an integer `expand`
+    model = MambaModel(config)  # transformers' init (A, D, dt), then mamba-ssm's (encoders/mamba.py)
+    reference_init(model)
+    if not (torch.cuda.is_available() and mamba_kernels_available()):
+        bind_chunked_scan(model)
+    return [MambaMixer(layer.mixer) for layer in model.layers]
+
+
+def rwkv_mixers(cfg: dict) -> list[nn.Module]:
+    from transformers import RwkvConfig, RwkvModel
+
+    d = cfg["hidden_size"]
+    model = RwkvModel(RwkvConfig(vocab_size=1, hidden_size=d, num_hidden_layers=cfg["num_layers"],
+                                 attention_hidden_size=d, intermediate_size=d,
+                                 context_length=max(1024, cfg["l_max"])))  # RWKV's own init per layer
+    return [RwkvTimeMix(block.attention) for block in model.blocks]
+
+
+def hyena_mixers(cfg: dict) -> list[nn.Module]:
+    from .hyena import Hyena
+
+    return [Hyena(cfg["hidden_size"], cfg["l_max"], order=2, short_filter_order=3, emb_dim=33, filter_order=64)
+            for _ in range(cfg["num_layers"])]
+
+
+def retnet_mixers(cfg: dict) -> list[nn.Module]:
+    from .retnet import MultiScaleRetention
+
+    return [MultiScaleRetention(cfg["hidden_size"], cfg["num_heads"], expand_k=0.5, expand_v=1.0)
+            for _ in range(cfg["num_layers"])]
+
+
+def gla_mixers(cfg: dict) -> list[nn.Module]:
+    from .gla import GatedLinearAttention
+
+    return [GatedLinearAttention(cfg["hidden_size"], cfg["gla_heads"], expand_k=0.5, expand_v=1.0)
+            for _ in range(cfg["num_layers"])]
+
+
+@dataclass(frozen=True)
+class MixerSpec:
+    build: Callable[[dict], list[nn.Module]]  # config -> one mixer per layer
+    causal: bool  # whether a token sees only the tokens before it (then --bidirectional applies)
+
+
+MIXERS: dict[str, MixerSpec] = {
+    "bert": MixerSpec(attention_mixers, causal=False),
+    "mamba": MixerSpec(mamba_mixers, causal=True),
+    "rwkv": MixerSpec(rwkv_mixers, causal=True),
+    "hyena": MixerSpec(hyena_mixers, causal=True),
+    "retnet": MixerSpec(retnet_mixers, causal=True),
+    "gla": MixerSpec(gla_mixers, causal=True),
+}
+
+
+def preset_config(mixer: str, preset: str, vocab_size: int, pad_token_id: int, max_length: int) -> dict:
+    """Everything that builds a member: the preset's size, the shared MLP, each mixer's knobs."""
+    p = PRESETS[preset]
+    d = p["hidden_size"]
+    return dict(model_type=MODEL_TYPE, mixer=mixer, vocab_size=vocab_size, hidden_size=d,
+                num_layers=p["num_layers"], num_heads=p["num_heads"], intermediate_size=gated_mlp_size(d),
+                mamba_inner=int(1.25 * d), gla_heads=max(2, p["num_heads"] // 3),
+                l_max=max(512, max_length), norm_eps=1e-6, pad_token_id=pad_token_id)
+
+
+def build_model(cfg: dict) -> MixerModel:
+    mixers = MIXERS[cfg["mixer"]].build(cfg)
+    return MixerModel(cfg["vocab_size"], cfg["hidden_size"], cfg["num_layers"], lambda i: mixers[i],
+                      cfg["intermediate_size"], norm_eps=cfg["norm_eps"], pad_token_id=cfg["pad_token_id"])
+
+
+# -- the encoders -------------------------------------------------------------------------------
+class SharedBlockEncoder(Encoder):
+    """A member of the shared-block family; subclasses (registered below) fix `mixer`."""
+
+    mixer: str = ""
+
+    def __init__(self, checkpoint: str | None = None, preset: str | None = None, **opts):
+        preset = resolve_preset(checkpoint, preset)
+        if checkpoint:
+            path = Path(checkpoint)
+            cfg = read_config(path, self.mixer)
+            super().__init__(opts.pop("tokenizer", None) or checkpoint_tokenizer(path), **opts)
+            if len(self.tokenizer) > cfg["vocab_size"]:
+                raise EncoderError(f"the tokenizer has {len(self.tokenizer)} tokens but checkpoint {checkpoint!r} "
+                                   f"embeds only {cfg['vocab_size']}")
+            self.model = build_model(cfg)
+            load_weights(self.model, path)
+            self.label, source = path.name, str(path)
+        else:
+            super().__init__(opts.pop("tokenizer", None), **opts)
+            cfg = preset_config(self.mixer, preset, len(self.tokenizer), self.pad_token_id, self.max_length)
+            self.model = build_model(cfg)  # random init from the global torch seed
+            self.label, source = preset, f"preset:{preset}"
+        if self.max_length > cfg["l_max"]:
+            raise EncoderError(f"--max-length {self.max_length} exceeds the family's l_max={cfg['l_max']}")
+        self.cfg = cfg
+        self.arch_config = {**cfg, "source": source}
+        self.kernel_path = f"shared block, {self.mixer} mixer, torch {self.device.type}"
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids, attention_mask)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.json").write_text(json.dumps(self.cfg, indent=2) + "\n")
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
+                  str(path / "model.safetensors"))
+        self.tokenizer.save_pretrained(str(path))
+
+
+CONFIG_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "mamba_inner",
+               "gla_heads", "l_max")
+
+
+def read_config(path: Path, mixer: str) -> dict:
+    file = path / "config.json"
+    if not file.is_file():
+        raise EncoderError(f"checkpoint {str(path)!r} has no config.json (expected a directory written by save_pretrained)")
+    try:
+        cfg = json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        raise EncoderError(f"checkpoint {str(path)!r}: config.json does not parse: {_first_line(e)}") from None
+    if cfg.get("model_type") != MODEL_TYPE:
+        raise EncoderError(f"checkpoint {str(path)!r} is a {cfg.get('model_type')!r} model, not {MODEL_TYPE!r}")
+    if cfg.get("mixer") != mixer:
+        raise EncoderError(f"checkpoint {str(path)!r} has the {cfg.get('mixer')!r} mixer, not {mixer!r} "
+                           f"(load it with --encoder shared-{cfg.get('mixer')})")
+    missing = [k for k in CONFIG_KEYS if not isinstance(cfg.get(k), int)]
+    if missing:
+        raise EncoderError(f"checkpoint {str(path)!r}: config.json lacks integer {', '.join(missing)}")
+    return cfg
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    file = path / "model.safetensors"
+    if not file.is_file():
+        raise EncoderError(f"checkpoint {str(path)!r} has no model.safetensors")
+    try:
+        model.load_state_dict(load_file(str(file)), strict=True)
+    except Exception as e:  # safetensors header errors, missing/unexpected keys, shape mismatches
+        raise EncoderError(f"checkpoint {str(path)!r} does not match its config: {_first_line(e)}") from None
+
+
+def parameter_table(preset: str = "small", max_length: int = 256) -> dict[str, dict]:
+    """Per member at `preset`: total, non-embedding and mixer parameters. Built with a one-token
+    vocabulary (the embedding table, vocabulary x hidden, is the same for all and added after), so
+    that counting does not initialise six full models."""
+    from .base import load_tokenizer
+
+    vocab = len(load_tokenizer())
+    out = {}
+    for mixer in MIXERS:
+        model = build_model(preset_config(mixer, preset, 1, 0, max_length))
+        non_embedding = sum(p.numel() for p in model.parameters()) - model.embeddings.weight.numel()
+        out[mixer] = dict(total=non_embedding + vocab * model.embeddings.embedding_dim, non_embedding=non_embedding,
+                          mixer=sum(p.numel() for layer in model.layers for p in layer.attn.parameters()))
+    return out
+
+
+for _name, _spec in MIXERS.items():  # one registered encoder per declared mixer
+    register_encoder(f"shared-{_name}")(type(f"Shared{_name.capitalize()}Encoder", (SharedBlockEncoder,),
+                                             dict(mixer=_name, is_causal=_spec.causal, __module__=__name__)))
