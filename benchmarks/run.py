@@ -15,6 +15,7 @@ import sys
 
 import encoders
 
+from .cli import run_command
 from .pipeline import measure, retrievers
 from .pipeline.record import RunConfig
 from .pipeline.runner import USER_ERRORS, RunResult, run_benchmark
@@ -94,21 +95,17 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         if args.list:
             if args.encoder_module:
                 encoders.import_encoder_module(args.encoder_module)
             print("\n".join(retrievers.names()))
             return 0
-        result = run_benchmark(config_from_args(args))
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: nothing was written", file=sys.stderr)
-        return 130
-    print(format_summary(result))
-    return 0
+        print(format_summary(run_benchmark(config_from_args(args))))
+        return 0
+
+    return run_command(body, USER_ERRORS, "nothing was written")
 
 
 if __name__ == "__main__":

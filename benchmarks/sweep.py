@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 import encoders
 
 from . import perturbations
+from .cli import run_command
 from .pipeline import record, retrievers
 from .pipeline.data import find_dataset
 from .pipeline.record import RunConfig
@@ -257,24 +258,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--perturbations", help="only this part of the grid, e.g. clean,prune:0.5 (comma-separated)")
     args = p.parse_args(argv)
-    try:
+
+    def body() -> int:
         sweep = load_sweep(args.config, args.output_dir)
         if args.perturbations:
             sweep = select_perturbations(sweep, args.perturbations.split(","), args.config)
         outcome = run_sweep(sweep, show_progress=not args.quiet, dry_run=args.dry_run)
-    except (SweepError, *USER_ERRORS) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: completed runs are kept; run the same command to resume", file=sys.stderr)
-        return 130
-    if not args.dry_run:
-        print(f"sweep {sweep.name}: {outcome['ran']} run, {outcome['skipped']} skipped (already complete), "
-              f"{len(outcome['failed'])} failed, {outcome['seconds'] / 60:.1f} min; table: "
-              f"{sweep.output_dir / 'runs.parquet'}")
-        for line in outcome["failed"]:
-            print(f"failed: {line}", file=sys.stderr)
-    return 1 if outcome["failed"] else 0
+        if not args.dry_run:
+            print(f"sweep {sweep.name}: {outcome['ran']} run, {outcome['skipped']} skipped (already complete), "
+                  f"{len(outcome['failed'])} failed, {outcome['seconds'] / 60:.1f} min; table: "
+                  f"{sweep.output_dir / 'runs.parquet'}")
+            for line in outcome["failed"]:
+                print(f"failed: {line}", file=sys.stderr)
+        return 1 if outcome["failed"] else 0
+
+    return run_command(body, (SweepError, *USER_ERRORS), "completed runs are kept; run the same command to resume")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ import sys
 
 from encoders import EncoderError
 
+from .cli import run_command
 from .pipeline.data import DataError
 from .training import META_FILE, TrainConfig, TrainError, load_plan, run_plan, train
 
@@ -80,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         if args.config:
             plan = load_plan(args.config)
             if args.only:
@@ -97,17 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                              if f.name != "show_progress"}, show_progress=not args.quiet)
         out = train(cfg, resume=args.resume)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: the last checkpoint stays; run the same command with --resume to continue", file=sys.stderr)
-        return 130
-    meta = json.loads((out / META_FILE).read_text())
-    print(f"checkpoint {out}: {meta['steps_done']} steps in {meta['train_seconds'] / 60:.1f} min, "
-          f"final loss {meta['final_loss']['loss']:.4f}\n"
-          f"evaluate:  python -m benchmarks.run --encoder {cfg.encoder} --checkpoint {out} --max-length {cfg.max_length}")
-    return 0
+        meta = json.loads((out / META_FILE).read_text())
+        print(f"checkpoint {out}: {meta['steps_done']} steps in {meta['train_seconds'] / 60:.1f} min, "
+              f"final loss {meta['final_loss']['loss']:.4f}\n"
+              f"evaluate:  python -m benchmarks.run --encoder {cfg.encoder} --checkpoint {out} --max-length {cfg.max_length}")
+        return 0
+
+    return run_command(body, USER_ERRORS, "the last checkpoint stays; run the same command with --resume to continue")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,14 @@ def get(name: str) -> type[Encoder]:
                            "(or register your own and pass --encoder-module)") from None
 
 
+def get_all(names: str) -> list[str]:
+    """A comma-separated list of registered names (a study's --encoders), each checked."""
+    out = [n.strip() for n in names.split(",") if n.strip()]
+    for n in out:
+        get(n)
+    return out
+
+
 def load(name: str, **opts) -> Encoder:
     """Build a registered encoder; options are the class's keyword arguments (checkpoint, preset,
     pooling, dtype, ...). Options left at None take the class's (or the checkpoint's) default."""

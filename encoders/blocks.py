@@ -178,3 +178,65 @@ def load_fla_state(model: nn.Module, state: dict, source: str, what: str) -> Non
         lines = [s.strip() for s in str(e).splitlines() if s.strip()]
         raise EncoderError(f"checkpoint {source!r} does not match fla {what}: {' '.join(lines[1:3])[:300]}") from None
 
+
+# -- checkpoints of our own models (Hyena, the shared-block family): config.json + model.safetensors ----
+def save_json_checkpoint(path: str | Path, cfg: dict, model: nn.Module, tokenizer) -> None:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path / "model.safetensors"))
+    tokenizer.save_pretrained(str(path))
+
+
+def read_json_config(path: Path, model_type: str, int_keys: tuple[str, ...]) -> dict:
+    """config.json of a directory `save_json_checkpoint` wrote, refused (one line) unless it is of
+    `model_type` and has every key of `int_keys` as an integer."""
+    from .base import EncoderError, _first_line
+
+    file = path / "config.json"
+    if not file.is_file():
+        raise EncoderError(f"checkpoint {str(path)!r} has no config.json (expected a directory written by save_pretrained)")
+    try:
+        cfg = json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        raise EncoderError(f"checkpoint {str(path)!r}: config.json does not parse: {_first_line(e)}") from None
+    if cfg.get("model_type") != model_type:
+        raise EncoderError(f"checkpoint {str(path)!r} is a {cfg.get('model_type')!r} model, not {model_type!r}")
+    missing = [k for k in int_keys if not isinstance(cfg.get(k), int)]
+    if missing:
+        raise EncoderError(f"checkpoint {str(path)!r}: config.json lacks integer {', '.join(missing)}")
+    return cfg
+
+
+def load_safetensors(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from .base import EncoderError, _first_line
+
+    file = path / "model.safetensors"
+    if not file.is_file():
+        raise EncoderError(f"checkpoint {str(path)!r} has no model.safetensors")
+    try:
+        model.load_state_dict(load_file(str(file)), strict=True)
+    except Exception as e:  # safetensors header errors, missing/unexpected keys, shape mismatches
+        raise EncoderError(f"checkpoint {str(path)!r} does not match its config: {_first_line(e)}") from None
+
+
+def init_from_json_checkpoint(encoder, checkpoint: str, opts: dict, read_config, build_model) -> tuple[dict, str]:
+    """The checkpoint branch of Hyena's and the shared family's __init__: `Encoder.__init__` with the
+    checkpoint's tokenizer, the model built from its config and its weights loaded -> (config, source)."""
+    from .base import Encoder, EncoderError, checkpoint_tokenizer
+
+    path = Path(checkpoint)
+    cfg = read_config(path)
+    Encoder.__init__(encoder, opts.pop("tokenizer", None) or checkpoint_tokenizer(path), **opts)
+    if len(encoder.tokenizer) > cfg["vocab_size"]:
+        raise EncoderError(f"the tokenizer has {len(encoder.tokenizer)} tokens but checkpoint {checkpoint!r} "
+                           f"embeds only {cfg['vocab_size']}")
+    encoder.model = build_model(cfg)
+    load_safetensors(encoder.model, path)
+    encoder.label = path.name
+    return cfg, str(path)
+

@@ -22,7 +22,6 @@ Checkpoint format (our own): a directory with `config.json` (model_type "hyena-e
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -30,9 +29,9 @@ import torch
 from torch import nn
 
 from . import register_encoder
-from .base import PRESETS, Encoder, EncoderError, _first_line, checkpoint_tokenizer, resolve_preset, set_optim_hint
+from .base import PRESETS, Encoder, EncoderError, resolve_preset, set_optim_hint
 from .pruning import Group, Slice, gated_mlp_group, linear_slices, register_pruner, units
-from .blocks import MixerModel, gated_mlp_size
+from .blocks import MixerModel, gated_mlp_size, init_from_json_checkpoint, read_json_config, save_json_checkpoint
 
 MODEL_TYPE = "hyena-encoder"
 POS_LR_SCALE = 0.02  # the positional features' learning rate relative to the model's: safari's 1e-5 against 5e-4
@@ -176,16 +175,8 @@ class HyenaEncoder(Encoder):
     def __init__(self, checkpoint: str | None = None, preset: str | None = None, **opts):
         preset = resolve_preset(checkpoint, preset)
         if checkpoint:
-            path = Path(checkpoint)
-            cfg = read_config(path)
-            super().__init__(opts.pop("tokenizer", None) or checkpoint_tokenizer(path), **opts)
-            if len(self.tokenizer) > cfg["vocab_size"]:
-                raise EncoderError(f"the tokenizer has {len(self.tokenizer)} tokens but checkpoint {checkpoint!r} "
-                                   f"embeds only {cfg['vocab_size']}")
-            self.model = build_model(cfg)
-            load_weights(self.model, path)
-            self.label = path.name
-            source = str(path)
+            cfg, source = init_from_json_checkpoint(self, checkpoint, opts, lambda path: read_json_config(
+                path, MODEL_TYPE, CONFIG_KEYS), build_model)
         else:
             super().__init__(opts.pop("tokenizer", None), **opts)
             p = PRESETS[preset]
@@ -224,34 +215,11 @@ class HyenaEncoder(Encoder):
         return super().flops_per_token(seq_len) - 2.0 * z + cfg["order"] * inner * per_channel
 
     def save_pretrained(self, path: str | Path) -> None:
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "config.json").write_text(json.dumps(self.cfg, indent=2) + "\n")
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
-                  str(path / "model.safetensors"))
-        self.tokenizer.save_pretrained(str(path))
+        save_json_checkpoint(path, self.cfg, self.model, self.tokenizer)
 
 
 CONFIG_KEYS = ("vocab_size", "hidden_size", "num_layers", "intermediate_size", "order", "filter_order",
                "emb_dim", "short_filter_order", "l_max")
-
-
-def read_config(path: Path) -> dict:
-    file = path / "config.json"
-    if not file.is_file():
-        raise EncoderError(f"checkpoint {str(path)!r} has no config.json (expected a directory written by save_pretrained)")
-    try:
-        cfg = json.loads(file.read_text())
-    except (OSError, ValueError) as e:
-        raise EncoderError(f"checkpoint {str(path)!r}: config.json does not parse: {_first_line(e)}") from None
-    if cfg.get("model_type") != MODEL_TYPE:
-        raise EncoderError(f"checkpoint {str(path)!r} is a {cfg.get('model_type')!r} model, not {MODEL_TYPE!r}")
-    missing = [k for k in CONFIG_KEYS if not isinstance(cfg.get(k), int)]
-    if missing:
-        raise EncoderError(f"checkpoint {str(path)!r}: config.json lacks integer {', '.join(missing)}")
-    return cfg
 
 
 def build_model(cfg: dict) -> MixerModel:
@@ -261,18 +229,6 @@ def build_model(cfg: dict) -> MixerModel:
 
     return MixerModel(cfg["vocab_size"], cfg["hidden_size"], cfg["num_layers"], make_mixer, cfg["intermediate_size"],
                       norm_eps=cfg.get("norm_eps", 1e-6), pad_token_id=cfg.get("pad_token_id"))
-
-
-def load_weights(model: nn.Module, path: Path) -> None:
-    from safetensors.torch import load_file
-
-    file = path / "model.safetensors"
-    if not file.is_file():
-        raise EncoderError(f"checkpoint {str(path)!r} has no model.safetensors")
-    try:
-        model.load_state_dict(load_file(str(file)), strict=True)
-    except Exception as e:  # safetensors header errors, missing/unexpected keys, shape mismatches
-        raise EncoderError(f"checkpoint {str(path)!r} does not match its config: {_first_line(e)}") from None
 
 
 # -- structured pruning (encoders/pruning.py): the structures this architecture has ----------

@@ -28,7 +28,6 @@ mixes) keep it (`own_init`); the others get the block's normal(0, 0.02).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -38,8 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import register_encoder
-from .base import PRESETS, Encoder, EncoderError, _first_line, checkpoint_tokenizer, resolve_preset
-from .blocks import MixerModel, gated_mlp_size
+from .base import PRESETS, Encoder, EncoderError, resolve_preset
+from .blocks import MixerModel, gated_mlp_size, init_from_json_checkpoint, read_json_config, save_json_checkpoint
 
 MODEL_TYPE = "shared-block"
 
@@ -186,15 +185,8 @@ class SharedBlockEncoder(Encoder):
     def __init__(self, checkpoint: str | None = None, preset: str | None = None, **opts):
         preset = resolve_preset(checkpoint, preset)
         if checkpoint:
-            path = Path(checkpoint)
-            cfg = read_config(path, self.mixer)
-            super().__init__(opts.pop("tokenizer", None) or checkpoint_tokenizer(path), **opts)
-            if len(self.tokenizer) > cfg["vocab_size"]:
-                raise EncoderError(f"the tokenizer has {len(self.tokenizer)} tokens but checkpoint {checkpoint!r} "
-                                   f"embeds only {cfg['vocab_size']}")
-            self.model = build_model(cfg)
-            load_weights(self.model, path)
-            self.label, source = path.name, str(path)
+            cfg, source = init_from_json_checkpoint(self, checkpoint, opts, lambda path: read_config(path, self.mixer),
+                                                    build_model)
         else:
             super().__init__(opts.pop("tokenizer", None), **opts)
             cfg = preset_config(self.mixer, preset, len(self.tokenizer), self.pad_token_id, self.max_length)
@@ -210,14 +202,7 @@ class SharedBlockEncoder(Encoder):
         return self.model(input_ids, attention_mask)
 
     def save_pretrained(self, path: str | Path) -> None:
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "config.json").write_text(json.dumps(self.cfg, indent=2) + "\n")
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
-                  str(path / "model.safetensors"))
-        self.tokenizer.save_pretrained(str(path))
+        save_json_checkpoint(path, self.cfg, self.model, self.tokenizer)
 
 
 CONFIG_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "mamba_inner",
@@ -225,34 +210,11 @@ CONFIG_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermed
 
 
 def read_config(path: Path, mixer: str) -> dict:
-    file = path / "config.json"
-    if not file.is_file():
-        raise EncoderError(f"checkpoint {str(path)!r} has no config.json (expected a directory written by save_pretrained)")
-    try:
-        cfg = json.loads(file.read_text())
-    except (OSError, ValueError) as e:
-        raise EncoderError(f"checkpoint {str(path)!r}: config.json does not parse: {_first_line(e)}") from None
-    if cfg.get("model_type") != MODEL_TYPE:
-        raise EncoderError(f"checkpoint {str(path)!r} is a {cfg.get('model_type')!r} model, not {MODEL_TYPE!r}")
+    cfg = read_json_config(path, MODEL_TYPE, CONFIG_KEYS)
     if cfg.get("mixer") != mixer:
         raise EncoderError(f"checkpoint {str(path)!r} has the {cfg.get('mixer')!r} mixer, not {mixer!r} "
                            f"(load it with --encoder shared-{cfg.get('mixer')})")
-    missing = [k for k in CONFIG_KEYS if not isinstance(cfg.get(k), int)]
-    if missing:
-        raise EncoderError(f"checkpoint {str(path)!r}: config.json lacks integer {', '.join(missing)}")
     return cfg
-
-
-def load_weights(model: nn.Module, path: Path) -> None:
-    from safetensors.torch import load_file
-
-    file = path / "model.safetensors"
-    if not file.is_file():
-        raise EncoderError(f"checkpoint {str(path)!r} has no model.safetensors")
-    try:
-        model.load_state_dict(load_file(str(file)), strict=True)
-    except Exception as e:  # safetensors header errors, missing/unexpected keys, shape mismatches
-        raise EncoderError(f"checkpoint {str(path)!r} does not match its config: {_first_line(e)}") from None
 
 
 def parameter_table(preset: str = "small", max_length: int = 256) -> dict[str, dict]:

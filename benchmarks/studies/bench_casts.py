@@ -29,7 +29,8 @@ import time
 import numpy as np
 import torch
 
-ARCHS = ["bert", "mamba", "rwkv", "hyena", "retnet", "gla"]
+from encoders import ARCHITECTURES
+
 COLUMNS = ["harness", "per-call", "cast-once", "fp32"]
 
 
@@ -78,7 +79,7 @@ def bench(name: str, args, queries: list[str]) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--encoders", default=",".join(ARCHS))
+    parser.add_argument("--encoders", default=",".join(ARCHITECTURES))
     parser.add_argument("--preset", choices=["tiny", "small", "base"], default="small")
     parser.add_argument("--dataset", default="scifact")
     parser.add_argument("--data-dir", help="folder holding BEIR datasets (default: $BEIR_DATA_DIR, then ./data)")
@@ -91,9 +92,7 @@ def main(argv=None) -> int:
     import encoders
 
     try:
-        names = [n.strip() for n in args.encoders.split(",") if n.strip()]
-        for n in names:
-            encoders.get(n)
+        names = encoders.get_all(args.encoders)
         if min(args.queries, args.repeats, args.block) < 1:
             raise encoders.EncoderError("--queries, --repeats and --block must be positive")
     except encoders.EncoderError as e:

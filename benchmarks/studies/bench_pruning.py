@@ -91,9 +91,7 @@ def main(argv=None) -> int:
     from encoders.pruning import PruningError as PerturbationError
 
     try:
-        names = [n.strip() for n in args.encoders.split(",") if n.strip()]
-        for n in names:
-            encoders.get(n)
+        names = encoders.get_all(args.encoders)
         try:
             sparsities = [float(x) for x in args.sparsity.split(",")]
         except ValueError:
