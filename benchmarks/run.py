@@ -31,7 +31,7 @@ def format_summary(result: RunResult) -> str:
         f"dataset   {s['dataset']['name']} ({s['dataset']['split']}): {s['dataset']['documents']} documents, "
         f"{s['dataset']['queries']} judged queries",
         f"encoder   {s['encoder']['tag']}  ({s['encoder']['num_parameters'] / 1e6:.1f}M parameters, "
-        f"{s['encoder']['kernel_path']}, {s['encoder']['config'].get('dtype', s['config']['dtype'])})",
+        f"{s['encoder']['kernel_path']}{', ' + s['config']['dtype'] if s['config']['dtype'] else ''})",
         f"quality   NDCG@10 {m['ndcg@10']:.4f}   Recall@100 {m['recall@100']:.4f}   MRR@10 {m['mrr@10']:.4f}   "
         f"MAP@100 {m['map@100']:.4f}",
         f"speed     corpus {enc.get('texts_per_s', float('nan')):.1f} docs/s, {enc.get('tokens_per_s', float('nan')):.0f} tokens/s"
