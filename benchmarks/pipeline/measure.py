@@ -122,10 +122,11 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 * repeats / best
 
 
-def memory_bandwidth(mib: int = 256, repeats: int = 10) -> float:
-    """Best-of-`repeats` bytes/s of a copy between two arrays far larger than any cache (each byte
-    read once and written once, counted twice): the bound of work that streams memory."""
-    src = torch.ones(mib * 2**20 // 4)
+def memory_bandwidth(mib: float = 256, repeats: int = 10) -> float:
+    """Best-of-`repeats` bytes/s of a copy between two arrays of `mib` MiB each (each byte read once
+    and written once, counted twice). The default is far larger than any cache: main memory's
+    bandwidth; a smaller size measures the cache level it fits in."""
+    src = torch.ones(max(1, int(mib * 2**20) // 4))
     dst = torch.empty_like(src)
     dst.copy_(src)  # first touch of dst's pages
     best = float("inf")
