@@ -18,8 +18,7 @@ work is elementwise passes over memory, not GEMMs.
 An encoder spec `name:key=value:...` passes options to `encoders.load`, so one run can put a fast
 path next to its reference form (values are parsed as int, float, or left as text).
 
-`--dtypes auto` resolves to what the encoder would pick by itself when encoders.base provides a
-resolver (`resolve_dtype`); without one, name the dtypes (float32, bfloat16).
+`--dtypes auto` resolves to the dtype the encoders would choose on this machine (`--dtype auto`).
 """
 
 from __future__ import annotations
@@ -55,19 +54,15 @@ def parse_spec(spec: str) -> tuple[str, dict]:
 
 
 def resolve_dtypes(names: list[str]) -> list[str]:
-    from encoders import base
+    """The dtype names to measure; `auto` becomes the one encoders would choose here (encoders.dtype's
+    probe, cached per machine), so a row says which dtype really ran."""
+    from encoders.dtype import DTYPES, resolve_dtype
 
-    known = set(base.DTYPES)
-    resolver = getattr(base, "resolve_dtype", None)
     out = []
     for name in names:
-        if name == "auto" and resolver is not None:
-            out.append(str(resolver("auto", torch.device("cpu"))).removeprefix("torch."))
-        elif name in known:
-            out.append(name)
-        else:
-            choices = ", ".join(sorted(known) + (["auto"] if resolver else []))
-            raise ValueError(f"--dtypes: unknown dtype {name!r}; choose from {choices}")
+        if name != "auto" and name not in DTYPES:
+            raise ValueError(f"--dtypes: unknown dtype {name!r}; choose from auto, {', '.join(DTYPES)}")
+        out.append(resolve_dtype(name, "cpu")[0])
     return list(dict.fromkeys(out))
 
 
@@ -137,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.studies.efficiency", description=__doc__.split("\n")[0])
     p.add_argument("--encoders", default=",".join(ARCHITECTURES),
                    help="comma-separated specs name[:key=value...] (default: all six)")
-    p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated: float32, bfloat16 (auto if supported)")
+    p.add_argument("--dtypes", default="float32,auto", help="comma-separated: float32, bfloat16, auto (the dtype --dtype auto picks here)")
     p.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
     p.add_argument("--tokens", type=int, default=4096, help="tokens per forward (batch = tokens // length)")
     p.add_argument("--repeats", type=int, default=3)
@@ -147,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import encoders
     from encoders import EncoderError
+    from encoders.dtype import DTYPES
 
     try:
         specs = [parse_spec(s) for s in args.encoders.split(",") if s]
@@ -165,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # transformers' "fast path is not available" notices
-    peaks = {d: PeakGemm(encoders.base.DTYPES[d]) for d in dtypes}
-    best_peak = {d: matmul_peak(encoders.base.DTYPES[d]) for d in dtypes}  # the full-size GEMM, for the header
+    peaks = {d: PeakGemm(DTYPES[d]) for d in dtypes}
+    best_peak = {d: matmul_peak(DTYPES[d]) for d in dtypes}  # the full-size GEMM, for the header
     bandwidth = memory_bandwidth()
     rows, bounds = [], []
     for spec, (name, opts) in zip(args.encoders.split(","), specs):
