@@ -18,23 +18,10 @@ from pathlib import Path
 
 import torch
 
+from .pipeline.measure import matmul_peak
 from .run import RunConfig, run_benchmark
 
 TARGETS = {"float32": 0.9, "bfloat16": 0.5, "warm cache": 0.05}
-
-
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
-    """Best-of-3 FLOP/s of an n x n x n matmul: what this CPU can do at best."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 * repeats / best
 
 
 def beir_reference(data_path: Path, split: str, checkpoint: str) -> dict:

@@ -33,7 +33,10 @@ from .blocks import MixerModel, gated_mlp_size, init_fla_encoder, load_fla_state
 MODES = ("chunk", "recurrent", "fla")
 # fla's published GLA models use 4 heads (head_k = hidden/8, head_v = hidden/4); tiny keeps 2.
 PRESET_HEADS = {"tiny": 2, "small": 4, "base": 4}
-CHUNK_SIZE, SUB_CHUNK_SIZE = 16, 4  # fastest on the CPU of 16/32/64 x 4/8/16 for 128-512 tokens
+# Fastest on the CPU of chunk 8/16/32/64 x sub-chunk 2/4/8/16, for 128-512 tokens and again (chunk_gla_torch
+# alone, small preset's heads, 1 thread, 4096 tokens) at 256 and 2048: 16/4 first at both, the next
+# best 16/8 and 16/2 (11-19% slower), 32/x 13-75% slower, 8/x 40-100% slower.
+CHUNK_SIZE, SUB_CHUNK_SIZE = 16, 4
 
 
 # -- the recurrence in its forms ----------------------------------------------------------------

@@ -29,6 +29,11 @@ from .pruning import Group, Slice, linear_slices, register_pruner, units
 # parameters BERT spends on its MLP: expand 4 puts tiny/small/base within 3-5% of BERT.
 EXPAND, D_STATE, D_CONV = 4, 16, 4
 CHUNK_SIZE = 8  # time steps per chunk; 4-16 are all close on CPU, 8 keeps the chunk tensors cache-sized
+# Memory traffic of `selective_scan_chunked` per state element (batch, channel, state) and time step,
+# in passes over its fp32 chunk buffers: dt*A written (1), exp2 in place (2), dt x B written (1), the
+# step's multiply-add reads decay, previous and own state and writes one (4), the read-out reads
+# the state (1). 9 x 4 bytes: the figure a memory-bound scan is held to (benchmarks.studies.efficiency).
+SCAN_BYTES_PER_STATE = 9 * 4
 
 
 def selective_scan_chunked(x, dt, A, B, C, chunk_size: int = CHUNK_SIZE):

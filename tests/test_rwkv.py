@@ -150,3 +150,68 @@ def test_flops_per_token_adds_wkv():
     dense = 2.0 * (enc.num_parameters - enc.num_embedding_parameters)
     assert enc.flops_per_token(256) == dense + 24 * 64 * 2
     assert enc.flops_per_token(256) == enc.flops_per_token(4096)  # an RNN: constant per token
+
+
+# -- the chunked WKV against transformers' recurrence ------------------------------------------------
+def wkv_inputs(batch, length, channels, key_scale=3.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    key = key_scale * torch.randn(batch, length, channels, generator=g)
+    value = torch.randn(batch, length, channels, generator=g)
+    # time_decay from -3 (decay e^-0.05 per step) to 3 (e^-20: the state is gone after a step or two)
+    time_decay = torch.linspace(-3, 3, channels)
+    time_first = 2 * torch.randn(channels, generator=g)
+    return time_decay, time_first, key, value
+
+
+def close(ours, ref):
+    """fp32: both sum at most `length` terms of e^(..) v, each rounded to ~6e-8 of its size; 1e-4 of
+    the output's scale leaves room for that at every length tested here."""
+    return (ours - ref).abs().max().item() <= 1e-4 * max(1.0, ref.abs().max().item())
+
+
+@pytest.mark.parametrize("length,chunk", [(1, 32), (5, 32), (37, 8), (64, 16), (100, 32), (130, 64)])
+def test_wkv_chunked_equals_recurrence(length, chunk):
+    from transformers.models.rwkv.modeling_rwkv import rwkv_linear_attention_cpu
+
+    from encoders.rwkv import wkv_chunked
+
+    for key_scale in (1.0, 6.0):  # keys within a chunk spanning a few nats and ~50
+        args = wkv_inputs(3, length, 16, key_scale, seed=length)
+        ours = wkv_chunked(*args, chunk_size=chunk)
+        assert ours is not None and close(ours, rwkv_linear_attention_cpu(*args)[0])
+
+
+def test_wkv_chunked_gradient_equals_recurrence():
+    from transformers.models.rwkv.modeling_rwkv import rwkv_linear_attention_cpu
+
+    from encoders.rwkv import wkv_chunked
+
+    grads = []
+    weight = torch.randn(2, 45, 8)
+    for fn in (lambda *a: wkv_chunked(*a, chunk_size=16), lambda *a: rwkv_linear_attention_cpu(*a)[0]):
+        args = [t.clone().requires_grad_() for t in wkv_inputs(2, 45, 8)]
+        (fn(*args) * weight).sum().backward()
+        grads.append([a.grad for a in args])
+    for ours, ref in zip(*grads):
+        assert close(ours, ref)
+
+
+def test_wkv_chunked_declines_keys_beyond_its_range():
+    from encoders.rwkv import WKV_RANGE, wkv_chunked
+
+    time_decay, time_first, key, value = wkv_inputs(1, 20, 4)
+    key[0, 3, 0] = WKV_RANGE + 10  # one key far above the rest of its chunk
+    assert wkv_chunked(time_decay, time_first, key, value) is None
+
+
+def test_encoder_wkv_modes_agree():
+    ids = torch.randint(1000, 30522, (2, 70))
+    mask = torch.ones_like(ids)
+    outs = {}
+    for mode in ("recurrent", "chunked", "auto"):
+        enc = tiny(wkv=mode)
+        with torch.no_grad():
+            outs[mode] = enc(ids, mask)
+    assert close(outs["chunked"], outs["recurrent"]) and close(outs["auto"], outs["recurrent"])
+    with pytest.raises(EncoderError, match="wkv"):
+        tiny(wkv="parallel")

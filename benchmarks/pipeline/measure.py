@@ -106,3 +106,32 @@ def peak_memory(device: torch.device) -> dict:
     if device.type == "cuda":
         out["cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
+    """Best-of-3 FLOP/s of an n x n x n matmul in `dtype`: what this CPU can do at best."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 * repeats / best
+
+
+def memory_bandwidth(mib: float = 256, repeats: int = 10) -> float:
+    """Best-of-`repeats` bytes/s of a copy between two arrays of `mib` MiB each (each byte read once
+    and written once, counted twice). The default is far larger than any cache: main memory's
+    bandwidth; a smaller size measures the cache level it fits in."""
+    src = torch.ones(max(1, int(mib * 2**20) // 4))
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # first touch of dst's pages
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.numel() * 4 / best
