@@ -72,3 +72,18 @@ def dtype_auto_is_float32(tmp_path_factory):
         mp.setenv(encoders.dtype.CACHE_ENV, str(tmp_path_factory.mktemp("dtype_probe") / "probe.json"))
         mp.setattr(encoders.dtype, "time_matmul", fake_matmul_times({"float32": 1.0, "bfloat16": 2.0, "float16": 2.0}))
         yield
+
+
+def write_scifact_slice(root: Path, n_queries: int, n_distractors: int) -> Path:
+    """A BEIR folder with SciFact's first `n_queries` judged test queries, their judged documents and
+    the corpus's first `n_distractors` documents (skips without BEIR_DATA_DIR)."""
+    from benchmarks.pipeline.data import load_dataset
+
+    full = load_dataset(str(shared_dataset("scifact")))
+    qids = list(full.qrels)[:n_queries]
+    keep = {d for q in qids for d in full.qrels[q] if d in full.corpus} | set(list(full.corpus)[:n_distractors])
+    corpus = [{"_id": d, **full.corpus[d]} for d in full.corpus if d in keep]
+    queries = [{"_id": q, "text": full.queries[q]} for q in qids]
+    qrels = [(q, d, s) for q in qids for d, s in full.qrels[q].items()]
+    return write_beir(root, corpus, queries, qrels)
+

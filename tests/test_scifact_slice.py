@@ -11,20 +11,14 @@ import pytest
 import trec_rules
 from benchmarks.pipeline.data import load_dataset
 from benchmarks.run import RunConfig, run_benchmark
-from conftest import shared_dataset, write_beir
+from conftest import write_scifact_slice
 
 N_QUERIES, N_DISTRACTORS = 30, 150
 
 
 @pytest.fixture(scope="module")
 def scifact_slice(tmp_path_factory):
-    full = load_dataset(str(shared_dataset("scifact")))
-    qids = list(full.qrels)[:N_QUERIES]
-    keep = {d for q in qids for d in full.qrels[q] if d in full.corpus} | set(list(full.corpus)[:N_DISTRACTORS])
-    corpus = [{"_id": d, **full.corpus[d]} for d in full.corpus if d in keep]
-    queries = [{"_id": q, "text": full.queries[q]} for q in qids]
-    qrels = [(q, d, s) for q in qids for d, s in full.qrels[q].items()]
-    return write_beir(tmp_path_factory.mktemp("data") / "scifact-slice", corpus, queries, qrels)
+    return write_scifact_slice(tmp_path_factory.mktemp("data") / "scifact-slice", N_QUERIES, N_DISTRACTORS)
 
 
 @pytest.fixture(scope="module")
