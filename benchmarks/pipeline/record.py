@@ -41,7 +41,7 @@ NOT_IDENTITY = ("data_dir", "encoder_module", "output_dir", "run_id", "overwrite
                 "show_progress")
 REPEAT_AXES = ("seed",)  # runs differing only here are repeats of one configuration
 # Options added after results existed -> their default then: left out of the identity at that value.
-ADDED_LATER: dict[str, object] = {}
+ADDED_LATER: dict[str, object] = {"index": "Flat", "index_params": {}}
 
 
 @dataclass
@@ -61,6 +61,8 @@ class RunConfig:
     device: str = "auto"
     dtype: str = "auto"  # auto: the fastest of the device by a matmul probe (encoders/dtype.py)
     top_k: int = 100
+    index: str = "Flat"  # a FAISS index-factory string: Flat (exact), HNSW32, IVF1024,Flat, IVF1024,PQ48, ...
+    index_params: dict = field(default_factory=dict)  # its search parameters, e.g. {"efSearch": 128, "nprobe": 16}
     drop_self_hits: str = "auto"  # auto | on | off
     output_dir: str = "results"
     run_id: str | None = None
