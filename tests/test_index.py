@@ -106,6 +106,8 @@ def test_hnsw_run_records_its_agreement_with_exact(tiny_dataset, tmp_path):
     assert res.summary["config"]["index"] == "HNSW32" and res.summary["config"]["index_params"] == {"efSearch": 8}
     written = json.loads((res.path / "summary.json").read_text())
     assert written["retrieval"]["approximate"] == a
+    row = record.flatten(res.summary, res.path)  # the runs table says which index and how far from exact
+    assert row["index"] == "HNSW32" and row["overlap_with_exact"] == a["overlap@k"]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -225,6 +225,7 @@ def flatten(summary: dict, path: str | Path) -> dict:
                tag=enc.get("tag"), preset=cfg.get("preset"), checkpoint=cfg.get("checkpoint"),
                dtype=enc.get("config", {}).get("dtype", cfg.get("dtype")),
                max_length=enc.get("config", {}).get("max_length"), seed=cfg.get("seed"),
+               index=cfg.get("index", ADDED_LATER["index"]),
                perturbation=summary["perturbation"].get("name", "clean"), kind=perturbation_kind(steps))
     row.update(dict.fromkeys(PERTURBATION_COLUMNS))
     for step in steps:
@@ -235,6 +236,8 @@ def flatten(summary: dict, path: str | Path) -> dict:
                flops_per_token=enc.get("flops_per_token"), embedding_dim=enc.get("embedding_dim"),
                kernel_path=enc.get("kernel_path"))
     row.update({m: summary["metrics"].get(m) for m in METRICS})
+    approx = summary.get("retrieval", {}).get("approximate", {})  # an approximate index against exact search
+    row.update(overlap_with_exact=approx.get("overlap@k"), ndcg10_delta_vs_exact=approx.get("ndcg@10_delta"))
     row.update(query_p50_ms=lat.get("p50_ms"), query_p95_ms=lat.get("p95_ms"),
                corpus_docs_per_s=corpus.get("texts_per_s"), corpus_tokens_per_s=corpus.get("tokens_per_s"),
                corpus_cached=corpus.get("cached"), total_s=t.get("total_s"), peak_rss_mb=t.get("peak_rss_mb"),
