@@ -99,6 +99,7 @@ def test_hnsw_run_records_its_agreement_with_exact(tiny_dataset, tmp_path):
                                   index_params={"efSearch": 8}))
     a = res.summary["retrieval"]["approximate"]
     assert a["index"] == "HNSW32" and a["params"] == {"efSearch": 8} and a["k"] == 100
+    assert a["build_s"] > 0 and a["search_s"] > 0
     assert 0.0 <= a["overlap@k"] <= 1.0
     assert a["ndcg@10"] == pytest.approx(res.summary["metrics"]["ndcg@10"])  # the recorded run is the approximate one
     assert a["ndcg@10_delta"] == pytest.approx(a["ndcg@10"] - a["ndcg@10_exact"])

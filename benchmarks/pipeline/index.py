@@ -13,6 +13,7 @@ exact top-k and its NDCG@10 change.
 from __future__ import annotations
 
 import re
+import time
 from contextlib import contextmanager
 
 import numpy as np
@@ -153,19 +154,24 @@ def seed_training(index, seed: int) -> None:
 
 def approximate_search(doc_emb: np.ndarray, doc_ids: list[str], query_emb: np.ndarray, query_ids: list[str],
                        top_k: int, spec: str, params: dict, seed: int = 0, device: str = "cpu"):
-    """Top-k per query from an approximate index -> (run in trec_eval order, stats: index, params, on_gpu).
+    """Top-k per query from an approximate index -> (run in trec_eval order, stats: index, params, on_gpu,
+    build_s (train + add), search_s (all queries in one batch)).
     Its scores are the index's own (approximate for PQ), and a tie at the cut is cut by id among what
     the index returned: only exact search can see every document of a tie group."""
+    t0 = time.perf_counter()
     index = build(spec, params, doc_emb.shape[1], doc_emb, seed)
     index, on_gpu = to_gpu(index, device)
     if on_gpu:
         set_params(index, params, spec)  # a GPU copy takes its parameters through GpuParameterSpace
+    t1 = time.perf_counter()
     scores, idx = index.search(np.ascontiguousarray(query_emb, dtype=np.float32), min(len(doc_ids), top_k))
+    t2 = time.perf_counter()
     run = {}
     for qid, row_scores, row_idx in zip(query_ids, scores, idx):
         hits = sorted(((float(s), doc_ids[i]) for s, i in zip(row_scores, row_idx) if i >= 0), reverse=True)
         run[qid] = {did: s for s, did in hits}
-    return run, dict(index=spec, params=dict(params, **effective_params(index)), on_gpu=on_gpu)
+    return run, dict(index=spec, params=dict(params, **effective_params(index)), on_gpu=on_gpu,
+                     build_s=t1 - t0, search_s=t2 - t1)
 
 
 def to_gpu(index, device: str):
