@@ -17,6 +17,7 @@ import encoders
 
 from .cli import run_command
 from .pipeline import measure, retrievers
+from .pipeline.index import parse_params
 from .pipeline.record import RunConfig
 from .pipeline.runner import USER_ERRORS, RunResult, run_benchmark
 
@@ -39,6 +40,9 @@ def format_summary(result: RunResult) -> str:
         f"p95 {t['query_latency'].get('p95_ms', float('nan')):.1f} ms   wall {t['total_s']:.1f} s   "
         f"peak RSS {t['peak_rss_mb']:.0f} MB",
     ]
+    if a := s["retrieval"].get("approximate"):
+        lines.append(f"index     {a['index']} {a['params']}: overlap@{a['k']} with exact {a['overlap@k']:.4f}   "
+                     f"NDCG@10 {a['ndcg@10_delta']:+.4f} against exact ({a['ndcg@10_exact']:.4f})")
     for name, count in s["dataset"]["warnings"].items():
         lines.append(f"warning   {count} {name.replace('_', ' ')}")
     if warning := measure.latency_warning(t["query_latency"]):
@@ -68,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="auto: the fastest this device computes in, by a short matmul probe (cached per machine)")
     p.add_argument("--top-k", type=int, default=100)
+    p.add_argument("--index", default="Flat",
+                   help="FAISS index-factory string: Flat (exact) or approximate, e.g. HNSW32, IVF1024,Flat, IVF1024,PQ48; "
+                        "an approximate run also records its overlap with exact search")
+    p.add_argument("--index-params", default="", help="search parameters of --index, e.g. efSearch=128 or nprobe=16")
     p.add_argument("--drop-self-hits", default="auto", choices=["auto", "on", "off"],
                    help="BEIR's rule of dropping a document whose id equals the query id")
     p.add_argument("--output-dir", default="results")
@@ -87,7 +95,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                      checkpoint=args.checkpoint, preset=args.preset, encoder_module=args.encoder_module,
                      max_length=args.max_length, batch_tokens=args.batch_tokens, pooling=args.pooling,
                      bidirectional=args.bidirectional, perturbation=args.perturbation, device=args.device,
-                     dtype=args.dtype, top_k=args.top_k,
+                     dtype=args.dtype, top_k=args.top_k, index=args.index, index_params=parse_params(args.index_params),
                      drop_self_hits=args.drop_self_hits, output_dir=args.output_dir, run_id=args.run_id,
                      overwrite=args.overwrite, seed=args.seed, cache=not args.no_cache, cache_dir=args.cache_dir,
                      latency_queries=args.latency_queries, show_progress=not args.quiet)

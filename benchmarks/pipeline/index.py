@@ -1,12 +1,28 @@
-"""Exact inner-product search with FAISS (`IndexFlatIP`; cosine = normalised vectors).
+"""Inner-product search with FAISS (cosine = normalised vectors): exact (`IndexFlatIP`, `--index Flat`,
+the default) or approximate (any other FAISS index-factory string, e.g. HNSW32, IVF1024,Flat, IVF1024,PQ48,
+with search parameters such as efSearch=128 or nprobe=16).
 
 Ties are broken the way trec_eval does (score descending, then document id descending), so the
 ranks written to run.trec are exactly the ranks the metrics see.
+
+An approximate run is judged against the exact search it stands for, as FAISS's benchmarks and
+Anserini's flat-versus-HNSW regressions do: `against_exact` gives the mean overlap of its top-k with the
+exact top-k and its NDCG@10 change.
 """
 
 from __future__ import annotations
 
+import re
+import time
+from contextlib import contextmanager
+
 import numpy as np
+
+EXACT = "Flat"
+
+
+class IndexOptionError(ValueError):
+    """An --index / --index-params the index cannot take, or a corpus it cannot be trained on (one line)."""
 
 
 def search(doc_emb: np.ndarray, doc_ids: list[str], query_emb: np.ndarray, query_ids: list[str],
@@ -52,3 +68,157 @@ def search(doc_emb: np.ndarray, doc_ids: list[str], query_emb: np.ndarray, query
 def tie_open(row_scores: np.ndarray, keep: int, k: int, n_docs: int) -> bool:
     """Whether documents not retrieved (k of n_docs were) could tie the score at rank `keep`."""
     return k < n_docs and len(row_scores) > keep and row_scores[-1] == row_scores[keep - 1]
+
+
+# -- approximate search ---------------------------------------------------------------------------
+def parse_params(text: str) -> dict[str, float]:
+    """"efSearch=128,nprobe=16" -> {"efSearch": 128, "nprobe": 16} (the form the run records)."""
+    params = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, _, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            raise IndexOptionError(f"--index-params: {item!r} is not name=number") from None
+        params[name.strip()] = int(number) if number.is_integer() else number
+    return params
+
+
+def build(spec: str, params: dict, dim: int, doc_emb: np.ndarray | None = None, seed: int = 0):
+    """A FAISS index from a factory string with its search parameters set; trained (seeded) on and
+    filled with `doc_emb` when given. Without `doc_emb` it only checks that spec and parameters apply."""
+    import faiss
+
+    try:
+        index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise IndexOptionError(f"--index {spec!r}: {faiss_message(e)}") from None
+    set_params(index, params, spec)
+    if doc_emb is None:
+        return index
+    seed_training(index, seed)
+    doc_emb = np.ascontiguousarray(doc_emb, dtype=np.float32)
+    # One thread: HNSW built by several threads depends on their interleaving, and the run must not.
+    with faiss_threads(1):
+        try:
+            if not index.is_trained:
+                index.train(doc_emb)
+        except RuntimeError as e:
+            raise IndexOptionError(f"--index {spec!r} cannot be trained on {len(doc_emb)} documents: "
+                                   f"{faiss_message(e)}") from None
+        index.add(doc_emb)
+    return index
+
+
+def set_params(index, params: dict, spec: str) -> None:
+    import faiss
+
+    space = faiss.GpuParameterSpace() if hasattr(index, "getDevice") else faiss.ParameterSpace()
+    for name, value in params.items():
+        try:
+            space.set_index_parameter(index, name, float(value))
+        except RuntimeError:
+            raise IndexOptionError(f"--index-params: {spec!r} has no search parameter {name!r}") from None
+
+
+def effective_params(index) -> dict:
+    """The search parameters the index searched with (its defaults included): efSearch, nprobe."""
+    import faiss
+
+    out = {}
+    try:
+        out["nprobe"] = int(faiss.extract_index_ivf(index).nprobe)
+    except RuntimeError:
+        pass  # not an IVF index
+    hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
+    if hnsw is not None:
+        out["efSearch"] = int(hnsw.efSearch)
+    return out
+
+
+def seed_training(index, seed: int) -> None:
+    """Seed the k-means of an IVF coarse quantizer and of a product quantizer, where the index has them."""
+    import faiss
+
+    parts = [faiss.downcast_index(index)]
+    try:
+        parts.append(faiss.downcast_index(faiss.extract_index_ivf(index)))
+    except RuntimeError:
+        pass
+    for part in parts:
+        if hasattr(part, "cp"):
+            part.cp.seed = seed
+        if getattr(part, "pq", None) is not None:
+            part.pq.cp.seed = seed
+
+
+def approximate_search(doc_emb: np.ndarray, doc_ids: list[str], query_emb: np.ndarray, query_ids: list[str],
+                       top_k: int, spec: str, params: dict, seed: int = 0, device: str = "cpu"):
+    """Top-k per query from an approximate index -> (run in trec_eval order, stats: index, params, on_gpu,
+    build_s (train + add), search_s (all queries in one batch)).
+    Its scores are the index's own (approximate for PQ), and a tie at the cut is cut by id among what
+    the index returned: only exact search can see every document of a tie group."""
+    t0 = time.perf_counter()
+    index = build(spec, params, doc_emb.shape[1], doc_emb, seed)
+    index, on_gpu = to_gpu(index, device)
+    if on_gpu:
+        set_params(index, params, spec)  # a GPU copy takes its parameters through GpuParameterSpace
+    t1 = time.perf_counter()
+    scores, idx = index.search(np.ascontiguousarray(query_emb, dtype=np.float32), min(len(doc_ids), top_k))
+    t2 = time.perf_counter()
+    run = {}
+    for qid, row_scores, row_idx in zip(query_ids, scores, idx):
+        hits = sorted(((float(s), doc_ids[i]) for s, i in zip(row_scores, row_idx) if i >= 0), reverse=True)
+        run[qid] = {did: s for s, did in hits}
+    return run, dict(index=spec, params=dict(params, **effective_params(index)), on_gpu=on_gpu,
+                     build_s=t1 - t0, search_s=t2 - t1)
+
+
+def to_gpu(index, device: str):
+    """The index on the run's GPU when faiss-gpu is installed and the run is on CUDA; else unchanged.
+    Index types FAISS cannot move (HNSW) stay on the CPU. (Untested here: no GPU build of FAISS.)"""
+    import faiss
+
+    if not str(device).startswith("cuda") or not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+        return index, False
+    gpu = int(str(device).partition(":")[2] or 0)
+    try:
+        resources = faiss.StandardGpuResources()
+        moved = faiss.index_cpu_to_gpu(resources, gpu, index)
+    except RuntimeError:
+        return index, False
+    moved.resources = resources  # kept alive with the index
+    return moved, True
+
+
+def against_exact(qrels: dict, run: dict, exact: dict, top_k: int) -> dict:
+    """An approximate run against the exact run: mean |approximate top-k ∩ exact top-k| / k over the
+    searched queries (k: the exact list's length, top_k or the whole corpus if smaller), and NDCG@10
+    of both over the judged queries."""
+    from .metrics import evaluate
+
+    shares = [len(set(list(run.get(q, {}))[:top_k]) & set(list(docs)[:top_k])) / min(len(docs), top_k)
+              for q, docs in exact.items() if docs]
+    ndcg = float(evaluate(qrels, run)["ndcg@10"].mean())
+    ndcg_exact = float(evaluate(qrels, exact)["ndcg@10"].mean())
+    return {"overlap@k": float(np.mean(shares)) if shares else float("nan"), "k": top_k,
+            "ndcg@10": ndcg, "ndcg@10_exact": ndcg_exact, "ndcg@10_delta": ndcg - ndcg_exact}
+
+
+def faiss_message(e: Exception) -> str:
+    """FAISS's error without its C++ location: "Error in <signature> at <file>:<line>: <message>"."""
+    text = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    text = re.sub(r"^Error in .*? at \S+:\d+: ", "", text)
+    return re.sub(r"^Error: '.*?' failed: ", "", text)
+
+
+@contextmanager
+def faiss_threads(n: int):
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)

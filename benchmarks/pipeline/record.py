@@ -41,7 +41,7 @@ NOT_IDENTITY = ("data_dir", "encoder_module", "output_dir", "run_id", "overwrite
                 "show_progress")
 REPEAT_AXES = ("seed",)  # runs differing only here are repeats of one configuration
 # Options added after results existed -> their default then: left out of the identity at that value.
-ADDED_LATER: dict[str, object] = {}
+ADDED_LATER: dict[str, object] = {"index": "Flat", "index_params": {}}
 
 
 @dataclass
@@ -61,6 +61,8 @@ class RunConfig:
     device: str = "auto"
     dtype: str = "auto"  # auto: the fastest of the device by a matmul probe (encoders/dtype.py)
     top_k: int = 100
+    index: str = "Flat"  # a FAISS index-factory string: Flat (exact), HNSW32, IVF1024,Flat, IVF1024,PQ48, ...
+    index_params: dict = field(default_factory=dict)  # its search parameters, e.g. {"efSearch": 128, "nprobe": 16}
     drop_self_hits: str = "auto"  # auto | on | off
     output_dir: str = "results"
     run_id: str | None = None
@@ -223,6 +225,7 @@ def flatten(summary: dict, path: str | Path) -> dict:
                tag=enc.get("tag"), preset=cfg.get("preset"), checkpoint=cfg.get("checkpoint"),
                dtype=enc.get("config", {}).get("dtype", cfg.get("dtype")),
                max_length=enc.get("config", {}).get("max_length"), seed=cfg.get("seed"),
+               index=cfg.get("index", ADDED_LATER["index"]),
                perturbation=summary["perturbation"].get("name", "clean"), kind=perturbation_kind(steps))
     row.update(dict.fromkeys(PERTURBATION_COLUMNS))
     for step in steps:
@@ -233,6 +236,8 @@ def flatten(summary: dict, path: str | Path) -> dict:
                flops_per_token=enc.get("flops_per_token"), embedding_dim=enc.get("embedding_dim"),
                kernel_path=enc.get("kernel_path"))
     row.update({m: summary["metrics"].get(m) for m in METRICS})
+    approx = summary.get("retrieval", {}).get("approximate", {})  # an approximate index against exact search
+    row.update(overlap_with_exact=approx.get("overlap@k"), ndcg10_delta_vs_exact=approx.get("ndcg@10_delta"))
     row.update(query_p50_ms=lat.get("p50_ms"), query_p95_ms=lat.get("p95_ms"),
                corpus_docs_per_s=corpus.get("texts_per_s"), corpus_tokens_per_s=corpus.get("tokens_per_s"),
                corpus_cached=corpus.get("cached"), total_s=t.get("total_s"), peak_rss_mb=t.get("peak_rss_mb"),

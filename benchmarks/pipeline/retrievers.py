@@ -1,7 +1,8 @@
 """Retrievers: the one interface the runner drives. A retriever indexes a corpus, searches queries,
 times batch-1 queries and describes itself; a run never asks which kind it has.
 
-    dense    any registered encoder (encoders.load) + exact FAISS search over its embeddings
+    dense    any registered encoder (encoders.load) + FAISS search over its embeddings: exact, or an
+             approximate index (--index) that also reports its agreement with exact search
     bm25     lexical (benchmarks/pipeline/bm25.py), registered with @register_retriever("bm25")
 
 A user's kind (say a learned sparse retriever) is a class with the `Retriever` members and a
@@ -20,6 +21,7 @@ import encoders
 from encoders import EncoderError
 
 from . import index, measure
+from .index import EXACT
 from .cache import EmbeddingCache
 from .embed import embed_texts
 
@@ -38,6 +40,7 @@ class Retriever(Protocol):
     def tag(self) -> str: ...  # short name for result paths
     def index(self, doc_ids: list[str], docs: list[dict]) -> dict: ...  # -> indexing stats (throughput)
     def search(self, query_ids: list[str], queries: list[str], top_k: int) -> tuple[dict, dict]: ...  # -> (run, stats)
+    # stats may hold "exact_run": the exact search an approximate one stands for (scored against it)
     def query_latency(self, queries: list[str], n: int) -> dict: ...
     def describe(self) -> dict: ...  # name, tag, config, fingerprint, num_parameters, kernel_path, ...
 
@@ -65,6 +68,11 @@ def check(name: str) -> None:
 
 def has_model(name: str) -> bool:
     return getattr(_KINDS.get(name), "model", True) is not None
+
+
+def searches_vectors(name: str) -> bool:
+    """Whether `--index` applies: the retriever searches embeddings with FAISS."""
+    return getattr(_KINDS.get(name, DenseRetriever), "searches_vectors", False)
 
 
 def load(config, cache: EmbeddingCache) -> Retriever:
@@ -95,11 +103,18 @@ def encoder_tag(encoder) -> str:
 
 
 class DenseRetriever:
-    """A registered encoder + exact inner-product search; the encoder's similarity decides the vectors
-    searched (cos: normalised, dot: as the encoder gives them)."""
+    """A registered encoder + inner-product search (exact, or the approximate `index_spec` with its
+    `index_params`); the encoder's similarity decides the vectors searched (cos: normalised, dot: as
+    the encoder gives them)."""
 
-    def __init__(self, encoder, cache: EmbeddingCache):
+    searches_vectors = True
+
+    def __init__(self, encoder, cache: EmbeddingCache, index_spec: str = EXACT,
+                 index_params: dict | None = None, seed: int = 0):
         self.model, self.cache = encoder, cache
+        self.index_spec, self.index_params, self.seed = index_spec, dict(index_params or {}), seed
+        if index_spec != EXACT or self.index_params:  # refused now, before a run directory is opened
+            index.build(index_spec, self.index_params, int(encoder.embedding_dim))
         self.doc_ids: list[str] = []
         self.doc_emb: np.ndarray | None = None
 
@@ -116,7 +131,7 @@ class DenseRetriever:
                                 batch_tokens=cfg.batch_tokens, pooling=cfg.pooling, bidirectional=cfg.bidirectional,
                                 device=cfg.device, dtype=cfg.dtype, show_progress=cfg.show_progress,
                                 **cfg.encoder_options)
-        return cls(encoder, cache)
+        return cls(encoder, cache, cfg.index, cfg.index_params, cfg.seed)
 
     name = property(lambda self: self.model.name)
     tokenizer = property(lambda self: self.model.tokenizer)
@@ -138,8 +153,15 @@ class DenseRetriever:
 
     def search(self, query_ids, queries, top_k):
         emb, stats = embed_texts(self.model, self.model.query_texts(queries), "queries", self.cache)
-        run, search_stats = index.search(self.doc_emb, self.doc_ids, self.searchable(emb), query_ids, top_k=top_k)
-        return run, dict(search_stats, similarity=self.model.similarity, query_encode=stats)
+        query_emb = self.searchable(emb)
+        exact, search_stats = index.search(self.doc_emb, self.doc_ids, query_emb, query_ids, top_k=top_k)
+        stats = dict(search_stats, similarity=self.model.similarity, query_encode=stats)
+        if self.index_spec == EXACT:
+            return exact, stats
+        run, stats["approximate"] = index.approximate_search(self.doc_emb, self.doc_ids, query_emb, query_ids, top_k,
+                                                             self.index_spec, self.index_params, self.seed,
+                                                             str(self.device))
+        return run, dict(stats, exact_run=exact)
 
     def query_latency(self, queries, n):
         return measure.query_latency(self.model, queries, n=n)
@@ -153,6 +175,6 @@ class DenseRetriever:
 
 
 __all__ = ["DenseRetriever", "EncoderError", "Retriever", "check", "encoder_tag", "has_model", "load", "names",
-           "register_retriever", "resolve", "resolve_device"]
+           "register_retriever", "resolve", "resolve_device", "searches_vectors"]
 
 from . import bm25  # noqa: E402,F401  (registers "bm25")

@@ -24,13 +24,14 @@ from encoders.base import title_text
 
 from .. import perturbations
 from ..perturbations import Context, Perturbation, PerturbationError
-from . import measure, metrics, record, retrievers
+from . import index, measure, metrics, record, retrievers
 from .cache import EmbeddingCache
 from .data import DataError, Dataset, load_dataset
+from .index import IndexOptionError
 from .record import RunConfig
 from .results import ResultsError, environment, new_run_id, run_dir, stage_run
 
-USER_ERRORS = (DataError, EncoderError, ResultsError, PerturbationError)
+USER_ERRORS = (DataError, EncoderError, ResultsError, PerturbationError, IndexOptionError)
 
 
 @dataclass
@@ -89,6 +90,8 @@ def check_options(cfg: RunConfig) -> Perturbation:
     if cfg.encoder_module:
         encoders.import_encoder_module(cfg.encoder_module)
     retrievers.check(cfg.encoder)
+    if (cfg.index != index.EXACT or cfg.index_params) and not retrievers.searches_vectors(cfg.encoder):
+        raise IndexOptionError(f"--index / --index-params: {cfg.encoder} searches no embeddings (only {index.EXACT} applies)")
     if perturbation.needs_model and not retrievers.has_model(cfg.encoder):
         raise PerturbationError(f"perturbation {perturbation.name!r} changes a model; {cfg.encoder} has none")
     return perturbation
@@ -107,6 +110,9 @@ def retrieve(retriever, ds: Dataset, corpus: dict, cfg: RunConfig) -> tuple[dict
     drop = self_hit_rule(ds, cfg.drop_self_hits)
     run, stats = retriever.search(list(ds.queries), list(ds.queries.values()), cfg.top_k + drop)
     run, dropped = drop_self_hits(run, cfg.top_k) if drop else (run, 0)
+    if (exact := stats.pop("exact_run", None)) is not None:  # an approximate search, judged against exact
+        exact = drop_self_hits(exact, cfg.top_k)[0] if drop else exact
+        stats["approximate"] = dict(stats.get("approximate", {}), **index.against_exact(ds.qrels, run, exact, cfg.top_k))
     timings = dict(corpus_encode=index_stats, search_s=time.perf_counter() - t_search)
     if "query_encode" in stats:
         timings["query_encode"] = stats.pop("query_encode")
