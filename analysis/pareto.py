@@ -31,10 +31,16 @@ def pareto_frontier(frame: pd.DataFrame, x: str, y: str, x_better: str = "lower"
 
 
 def aggregate_repeats(runs: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """One row per configuration: mean and standard deviation of x and y over its repeated runs."""
+    """One row per configuration: mean and standard deviation of x and y over its repeated runs. A
+    configuration run once still gets a latency spread: the standard deviation of its own timing
+    repeats' p50s (`query_p50_ms_spread`, recorded by every run)."""
     g = runs.groupby("config_key", sort=False)
     first = g.head(1).set_index("config_key")
-    out = first.assign(**{x: g[x].mean(), y: g[y].mean(), f"{x}_std": g[x].std(), f"{y}_std": g[y].std(),
+    x_std = g[x].std()
+    if f"{x}_spread" in runs:  # within-run repeats where there is only one run
+        spread = pd.to_numeric(runs[f"{x}_spread"], errors="coerce").groupby(runs["config_key"], sort=False).mean()
+        x_std = x_std.fillna(spread)
+    out = first.assign(**{x: g[x].mean(), y: g[y].mean(), f"{x}_std": x_std, f"{y}_std": g[y].std(),
                           "repeats": g.size()})
     return out.reset_index()
 
@@ -59,7 +65,8 @@ AXES = {  # x column -> (axis title, which direction is better)
 
 
 def plot_frontier(runs: pd.DataFrame, x: str, out_dir, name: str, y: str = "ndcg@10"):
-    """One panel per dataset: every configuration (error bars over repeats), the frontier as a step
+    """One panel per dataset: every configuration (error bars over repeated runs; latency also over a
+    run's own timing repeats), the frontier as a step
     line. Returns (figure file name, frontier rows, labels left out to avoid overlap)."""
     title, better = AXES[x]
     datasets = sorted(runs["dataset"].unique())
@@ -74,7 +81,7 @@ def plot_frontier(runs: pd.DataFrame, x: str, out_dir, name: str, y: str = "ndcg
         frontier_rows.append(front)
         for arch, group in points.groupby("arch", sort=True):
             color, marker = plots.arch_style(arch)
-            ax.errorbar(group[x], group[y], xerr=group[f"{x}_std"].fillna(0).where(group["repeats"] > 1),
+            ax.errorbar(group[x], group[y], xerr=group[f"{x}_std"].fillna(0),
                         yerr=group[f"{y}_std"].fillna(0).where(group["repeats"] > 1), fmt=marker, color=color,
                         ms=7, capsize=3, label=arch, ls="none", mec="black", mew=0.5, zorder=3)
         # "post"/"pre": the best quality reachable within a latency budget (or above a throughput floor).

@@ -1,6 +1,5 @@
 """analysis/: Pareto frontier, significance tests, and the report on fabricated results directories."""
 
-import json
 import zlib
 from pathlib import Path
 
@@ -293,3 +292,23 @@ def test_partly_corrupt_results(tmp_path, capsys):
     (d / "per_query.csv").write_text("qid,other\nq1,1\n")
     assert report.main(["--results", str(only_bad), "--out", str(tmp_path / "r2")]) == 2
     assert "per_query.csv has no column ndcg@10" in capsys.readouterr().err
+
+
+def test_latency_error_bars_come_from_a_runs_own_repeats():
+    """A configuration run once still has a latency spread: its timing repeats' p50s."""
+    runs = pd.DataFrame([dict(config_key="a", dataset="d", query_p50_ms=11.0, query_p50_ms_spread=2.0, **{"ndcg@10": 0.5}),
+                         dict(config_key="b", dataset="d", query_p50_ms=9.0, query_p50_ms_spread=1.0, **{"ndcg@10": 0.4}),
+                         dict(config_key="b", dataset="d", query_p50_ms=13.0, query_p50_ms_spread=1.0, **{"ndcg@10": 0.4})])
+    agg = pareto.aggregate_repeats(runs, "query_p50_ms", "ndcg@10").set_index("config_key")
+    assert agg.loc["a", "query_p50_ms_std"] == 2.0  # one run: the spread of its own repeats
+    assert agg.loc["b", "query_p50_ms_std"] == pytest.approx(np.std([9.0, 13.0], ddof=1))  # repeats: across runs
+    latency = {"p50_ms": 11.0, "p50_ms_repeats": [9.0, 11.0, 13.0]}
+    assert record.flatten({**_any_record_summary(), "timings": {"query_latency": latency}}, "x")["query_p50_ms_spread"] == 2.0
+
+
+def _any_record_summary() -> dict:
+    config = RunConfig(encoder="bm25", dataset="d", device="cpu", dtype=None)
+    rec = record.new_record(run_id="r", config=config, dataset=dict(name="d", split="test"),
+                            retriever=dict(name="bm25", tag="bm25", config={}), perturbation=dict(name="clean", steps=[]),
+                            retrieval={}, metrics={}, timings={}, environment={}, per_query=pd.DataFrame(), run={})
+    return rec.summary

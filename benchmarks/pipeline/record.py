@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -238,7 +239,9 @@ def flatten(summary: dict, path: str | Path) -> dict:
     row.update({m: summary["metrics"].get(m) for m in METRICS})
     approx = summary.get("retrieval", {}).get("approximate", {})  # an approximate index against exact search
     row.update(overlap_with_exact=approx.get("overlap@k"), ndcg10_delta_vs_exact=approx.get("ndcg@10_delta"))
+    repeats = lat.get("p50_ms_repeats") or []
     row.update(query_p50_ms=lat.get("p50_ms"), query_p95_ms=lat.get("p95_ms"),
+               query_p50_ms_spread=statistics.stdev(repeats) if len(repeats) > 1 else None,  # across the run's repeats
                corpus_docs_per_s=corpus.get("texts_per_s"), corpus_tokens_per_s=corpus.get("tokens_per_s"),
                corpus_cached=corpus.get("cached"), total_s=t.get("total_s"), peak_rss_mb=t.get("peak_rss_mb"),
                cuda_peak_mb=t.get("cuda_peak_mb"), device=env.get("device"),
