@@ -119,10 +119,6 @@ class RunRecord:
     per_query: pd.DataFrame  # index qid
     run: dict | None = None  # {qid: {doc id: score}} in rank order; None when read without it
 
-    @property
-    def metrics(self) -> dict:
-        return self.summary["metrics"]
-
 
 def new_record(*, run_id: str, config: RunConfig, dataset: dict, retriever: dict, perturbation: dict,
                retrieval: dict, metrics: dict, timings: dict, environment: dict, per_query: pd.DataFrame,
