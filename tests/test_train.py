@@ -261,14 +261,15 @@ def test_seeds_expand_a_plan_and_change_init_and_data_order(split_dataset, tmp_p
                          f"batch_pairs: 2, batch_docs: 2, output_dir: {tmp_path / 'ckpt'}, cache_dir: {tmp_path / 'c'}, "
                          "seeds: [0, 1]}\nruns:\n  - {encoder: gla}\n  - {encoder: retnet, seeds: [5]}\n")
     plan = T.load_plan(plan_file)
-    assert [(c.encoder, c.seed, c.out_dir().name) for c in plan] == [
-        ("gla", 0, "gla-tiny-toy-distill-seed0"), ("gla", 1, "gla-tiny-toy-distill-seed1"),
-        ("retnet", 5, "retnet-tiny-toy-distill-seed5")]
-    a, b = (T.train(c, teacher=teacher) for c in plan[:2])
+    assert [(c.encoder, c.seed, c.out_dir().name) for c in plan] == [  # seed-major
+        ("gla", 0, "gla-tiny-toy-distill-seed0"), ("retnet", 5, "retnet-tiny-toy-distill-seed5"),
+        ("gla", 1, "gla-tiny-toy-distill-seed1")]
+    gla = [c for c in plan if c.encoder == "gla"]
+    a, b = (T.train(c, teacher=teacher) for c in gla)
     assert load_file(str(a / "model.safetensors"))["model.layers.0.attn.q_proj.weight"].ne(
         load_file(str(b / "model.safetensors"))["model.layers.0.attn.q_proj.weight"]).any()
-    data = T.load_train_data(plan[0], encoders.load("gla", preset="tiny", show_progress=False))
-    orders = [[T.make_batch(data, c, step, None)[0].tolist() for step in range(6)] for c in plan[:2]]
+    data = T.load_train_data(gla[0], encoders.load("gla", preset="tiny", show_progress=False))
+    orders = [[T.make_batch(data, c, step, None)[0].tolist() for step in range(6)] for c in gla]
     assert orders[0] != orders[1]
 
 

@@ -122,7 +122,9 @@ def check_config(cfg: TrainConfig) -> None:
 def load_plan(path: str | Path) -> list[TrainConfig]:
     """A YAML file: `defaults` (any TrainConfig field) and `runs` (a list of mappings, each at least
     {encoder: ...}); see benchmarks/configs/train_all.yaml. `seeds: [0, 1, 2]` (in defaults or a run)
-    expands a run into one student per seed, each in its own checkpoint (`<name>-seed<N>`)."""
+    expands a run into one student per seed, each in its own checkpoint (`<name>-seed<N>`). The plan is
+    seed-major (every run's first seed, then every run's second, ...), so a plan cut short has every
+    architecture at its first seeds rather than one architecture at all of them."""
     import yaml
 
     try:
@@ -148,7 +150,7 @@ def load_plan(path: str | Path) -> list[TrainConfig]:
             if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)
                     and len(set(seeds)) == len(seeds)):
                 raise TrainError(f"{path}: runs entry {i}: seeds must be a non-empty list of distinct integers")
-        for seed in seeds if seeds is not None else [None]:
+        for rank, seed in enumerate(seeds if seeds is not None else [None]):
             one = merged if seed is None else {**merged, "seed": seed,
                                                "name": f"{merged.get('name', TrainConfig.name)}-seed{seed}"}
             cfg = TrainConfig(**one)
@@ -156,7 +158,8 @@ def load_plan(path: str | Path) -> list[TrainConfig]:
                 check_config(cfg)
             except TrainError as e:
                 raise TrainError(f"{path}: runs entry {i}: {e}") from None
-            plan.append(cfg)
+            plan.append((rank, cfg))
+    plan = [cfg for _, cfg in sorted(plan, key=lambda rc: rc[0])]  # stable: runs keep their order per rank
     if len({c.out_dir() for c in plan}) != len(plan):
         raise TrainError(f"{path}: two runs would write the same checkpoint directory")
     return plan
