@@ -56,7 +56,7 @@ def seconds_per_document(summary: dict, texts_per_s) -> float:
 
 
 def section(res: Results, out: Path, md: list[str]) -> None:
-    md.append("## Long documents\n")
+    md.append("### Long documents\n")  # a part of the position section, which it follows
     runs = long_doc_runs(res)
     needles = runs[runs["tokens"].notna()] if len(runs) else runs
     if needles.empty:
@@ -64,7 +64,7 @@ def section(res: Results, out: Path, md: list[str]) -> None:
     for dataset in sorted(needles["dataset"].unique()) if len(needles) else []:
         d = runs[runs["dataset"] == dataset]
         path = plot_dataset(d, out, f"long_docs_{safe(dataset)}", dataset)
-        md.append(f"### {dataset}\n")
+        md.append(f"#### {dataset}\n")
         md.append(f"![Long documents on {dataset}]({path})\n\n*NDCG@10 against the total length of needle "
                   "documents (needle in the middle; dotted: the clean run), against the needle's position, and "
                   f"encoding seconds per document* ([SVG]({Path(path).with_suffix('.svg')}))\n")

@@ -222,8 +222,8 @@ def write_report(res: Results, out: Path, reference: str = "bert", floor: float 
     section_frontier(res, out, md)
     section_pruning(res, out, md, floor)
     section_position(res, out, md, floor, resamples, seed)
-    section_errors(res, out, md, reference, resamples, seed)
     long_docs.section(res, out, md)
+    section_errors(res, out, md, reference, resamples, seed)
     section_environment(res, md)
     (out / "report.md").write_text("\n".join(md))
 

@@ -155,6 +155,17 @@ def test_maxp_run_end_to_end(tiny_dataset, tmp_path, minilm):
     assert maxp.summary["metrics"]["ndcg@10"] > first.summary["metrics"]["ndcg@10"]
     with pytest.raises(EncoderError, match="--window 32 exceeds --max-length 16"):
         runner.run_benchmark(replace(base, long_doc="mean", window=32, run_id="w"))
+    # the report's long-document part names each rule and shows its NDCG@10
+    from analysis import long_docs
+    from analysis.load import load_results
+
+    md, out = [], tmp_path / "report"
+    out.mkdir()
+    long_docs.section(load_results(tmp_path), out, md)
+    text = "\n".join(md)
+    for rule, res in (("maxp", maxp), ("first", first)):
+        assert f"| bert all-MiniLM-L6-v2 {rule} |  | {res.summary['metrics']['ndcg@10']:.4g} |" in text
+    assert (out / f"long_docs_{tiny_dataset.name}.png").stat().st_size > 1000
 
 
 # -- the needle perturbation ----------------------------------------------------------------------
