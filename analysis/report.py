@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import errors, pareto, plots, sensitivity
+from . import errors, long_docs, pareto, plots, sensitivity
 from benchmarks.pipeline.record import atomic_dir
 
 from .load import AnalysisError, Results, find_dataset_texts, latest_per_config, load_results
@@ -222,6 +222,7 @@ def write_report(res: Results, out: Path, reference: str = "bert", floor: float 
     section_frontier(res, out, md)
     section_pruning(res, out, md, floor)
     section_position(res, out, md, floor, resamples, seed)
+    long_docs.section(res, out, md)
     section_errors(res, out, md, reference, resamples, seed)
     section_environment(res, md)
     (out / "report.md").write_text("\n".join(md))

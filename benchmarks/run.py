@@ -40,6 +40,9 @@ def format_summary(result: RunResult) -> str:
         f"p95 {t['query_latency'].get('p95_ms', float('nan')):.1f} ms   wall {t['total_s']:.1f} s   "
         f"peak RSS {t['peak_rss_mb']:.0f} MB",
     ]
+    if w := enc.get("long_doc"):
+        lines.append(f"long docs {w['rule']}: {w['windows']} windows of {w['window']} tokens, "
+                     f"{w['windows_per_document_mean']:.2f} per document (at most {w['windows_per_document_max']})")
     if a := s["retrieval"].get("approximate"):
         lines.append(f"index     {a['index']} {a['params']}: overlap@{a['k']} with exact {a['overlap@k']:.4f}   "
                      f"NDCG@10 {a['ndcg@10_delta']:+.4f} against exact ({a['ndcg@10_exact']:.4f})")
@@ -76,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="FAISS index-factory string: Flat (exact) or approximate, e.g. HNSW32, IVF1024,Flat, IVF1024,PQ48; "
                         "an approximate run also records its overlap with exact search")
     p.add_argument("--index-params", default="", help="search parameters of --index, e.g. efSearch=128 or nprobe=16")
+    p.add_argument("--long-doc", default="first", choices=["first", "maxp", "mean"],
+                   help="documents longer than a window: first (truncate), maxp (best window), mean (mean of windows)")
+    p.add_argument("--window", type=int, help="maxp/mean: tokens per window (default: --max-length)")
+    p.add_argument("--stride", type=int, help="maxp/mean: tokens between window starts (default: no overlap)")
     p.add_argument("--drop-self-hits", default="auto", choices=["auto", "on", "off"],
                    help="BEIR's rule of dropping a document whose id equals the query id")
     p.add_argument("--output-dir", default="results")
@@ -96,7 +103,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                      max_length=args.max_length, batch_tokens=args.batch_tokens, pooling=args.pooling,
                      bidirectional=args.bidirectional, perturbation=args.perturbation, device=args.device,
                      dtype=args.dtype, top_k=args.top_k, index=args.index, index_params=parse_params(args.index_params),
-                     drop_self_hits=args.drop_self_hits, output_dir=args.output_dir, run_id=args.run_id,
+                     drop_self_hits=args.drop_self_hits, long_doc=args.long_doc, window=args.window,
+                     stride=args.stride, output_dir=args.output_dir, run_id=args.run_id,
                      overwrite=args.overwrite, seed=args.seed, cache=not args.no_cache, cache_dir=args.cache_dir,
                      latency_queries=args.latency_queries, show_progress=not args.quiet)
 

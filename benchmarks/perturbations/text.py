@@ -101,3 +101,49 @@ def pad_with_distractors(corpus: dict, side: str, factor: float, seed: int) -> t
         text = f"{filler_text} {full[did]}" if side == "prefix" else f"{full[did]} {filler_text}"
         out[did] = dict(title="", text=re.sub(r"\s+", " ", text).strip())
     return out, _stats(corpus, out)
+
+
+def needle_in_distractors(corpus: dict, position: str, total: int, tokenizer, seed: int,
+                          judged: frozenset = frozenset(), title_sep: str = " ") -> tuple[dict, dict]:
+    """Each document (title + text, the needle) inside text of other documents, at the start, in the
+    middle or at the end, so that the result is `total` tokens of `tokenizer` with its special tokens
+    (a needle longer than that is kept whole: it is what is searched for). Distractors are whole
+    documents, drawn at random per document (seeded by its id), the last one cut at a token offset;
+    documents any qrels judge are never distractors, so that no unjudged document carries a judged
+    one's text (with them, a relevant abstract would recur inside ~total/length other documents that
+    the qrels call non-relevant). The result is one text field, as `pad_with_distractors` gives."""
+    ids = list(corpus)
+    full = [title_text(corpus[d], title_sep) for d in ids]
+    offsets = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
+    lengths = [len(o) for o in offsets]
+    budget = total - tokenizer.num_special_tokens_to_add()
+    pool = [j for j, d in enumerate(ids) if d not in judged and lengths[j] > 0]
+
+    def filler(need: int, rng: random.Random, own: int) -> tuple[list[str], int]:
+        parts, got = [], 0
+        for _ in range(100_000):  # bounded: a pool holding only the needle itself cannot loop forever
+            if got >= need or not pool or pool == [own]:
+                break
+            j = pool[rng.randrange(len(pool))]
+            if j == own:
+                continue
+            take = min(lengths[j], need - got)
+            parts.append(full[j] if take == lengths[j] else full[j][:offsets[j][take - 1][1]])
+            got += take
+        return parts, got
+
+    out, planned, short, starts = {}, [], 0, []
+    for i, did in enumerate(ids):
+        rng = random.Random(f"{seed}:{did}")
+        need = max(budget - lengths[i], 0)
+        before_need = {"start": 0, "middle": need // 2, "end": need}[position]
+        before, got_before = filler(before_need, rng, i)
+        after, got_after = filler(need - before_need, rng, i)
+        out[did] = dict(title="", text=" ".join([*before, full[i], *after]).strip())
+        length = got_before + lengths[i] + got_after
+        planned.append(length)
+        short += length < budget
+        starts.append(got_before / max(length, 1))
+    return out, dict(_stats(corpus, out), target_tokens=total, mean_tokens=sum(planned) / max(len(ids), 1),
+                     documents_short_of_target=short, distractor_pool=len(pool),
+                     mean_needle_start=sum(starts) / max(len(ids), 1))

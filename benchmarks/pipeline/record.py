@@ -42,7 +42,8 @@ NOT_IDENTITY = ("data_dir", "encoder_module", "output_dir", "run_id", "overwrite
                 "show_progress")
 REPEAT_AXES = ("seed",)  # runs differing only here are repeats of one configuration
 # Options added after results existed -> their default then: left out of the identity at that value.
-ADDED_LATER: dict[str, object] = {"index": "Flat", "index_params": {}}
+ADDED_LATER: dict[str, object] = {"index": "Flat", "index_params": {}, "long_doc": "first", "window": None,
+                                  "stride": None}
 
 
 @dataclass
@@ -65,6 +66,9 @@ class RunConfig:
     index: str = "Flat"  # a FAISS index-factory string: Flat (exact), HNSW32, IVF1024,Flat, IVF1024,PQ48, ...
     index_params: dict = field(default_factory=dict)  # its search parameters, e.g. {"efSearch": 128, "nprobe": 16}
     drop_self_hits: str = "auto"  # auto | on | off
+    long_doc: str = "first"  # first (truncate) | maxp | mean: documents longer than a window (pipeline/windows.py)
+    window: int | None = None  # maxp/mean: tokens per window (None: the encoder's max length)
+    stride: int | None = None  # maxp/mean: body tokens between window starts (None: no overlap)
     output_dir: str = "results"
     run_id: str | None = None
     overwrite: bool = False
@@ -201,7 +205,7 @@ def upgrade(summary: dict) -> dict:
 
 # -- flattening: the runs table -------------------------------------------------------------------
 PERTURBATION_COLUMNS = ("prune_sparsity", "prune_realised", "prune_criterion", "shuffle", "truncate_side",
-                        "truncate_tokens", "pad_side", "pad_factor")
+                        "truncate_tokens", "pad_side", "pad_factor", "needle_position", "needle_tokens")
 
 
 def perturbation_kind(steps: list[dict]) -> str:
@@ -222,7 +226,7 @@ def flatten(summary: dict, path: str | Path) -> dict:
                tag=enc.get("tag"), preset=cfg.get("preset"), checkpoint=cfg.get("checkpoint"),
                dtype=enc.get("config", {}).get("dtype", cfg.get("dtype")),
                max_length=enc.get("config", {}).get("max_length"), seed=cfg.get("seed"),
-               index=cfg.get("index", ADDED_LATER["index"]),
+               index=cfg.get("index", ADDED_LATER["index"]), long_doc=cfg.get("long_doc", ADDED_LATER["long_doc"]),
                perturbation=summary["perturbation"].get("name", "clean"), kind=perturbation_kind(steps))
     row.update(dict.fromkeys(PERTURBATION_COLUMNS))
     for step in steps:
@@ -239,7 +243,8 @@ def flatten(summary: dict, path: str | Path) -> dict:
     row.update(query_p50_ms=lat.get("p50_ms"), query_p95_ms=lat.get("p95_ms"),
                query_p50_ms_spread=statistics.stdev(repeats) if len(repeats) > 1 else None,  # across the run's repeats
                corpus_docs_per_s=corpus.get("texts_per_s"), corpus_tokens_per_s=corpus.get("tokens_per_s"),
-               corpus_cached=corpus.get("cached"), total_s=t.get("total_s"), peak_rss_mb=t.get("peak_rss_mb"),
+               corpus_cached=corpus.get("cached"), corpus_documents=corpus.get("documents"),
+               corpus_texts=corpus.get("texts"), total_s=t.get("total_s"), peak_rss_mb=t.get("peak_rss_mb"),
                cuda_peak_mb=t.get("cuda_peak_mb"), device=env.get("device"),
                cpu=env.get("cpu"), git_commit=env.get("git", {}).get("commit"))
     return row

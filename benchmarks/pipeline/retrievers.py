@@ -22,6 +22,7 @@ from encoders import EncoderError
 
 from . import index, measure
 from .index import EXACT
+from .windows import LongDocs
 from .cache import EmbeddingCache
 from .embed import embed_texts
 
@@ -110,8 +111,9 @@ class DenseRetriever:
     searches_vectors = True
 
     def __init__(self, encoder, cache: EmbeddingCache, index_spec: str = EXACT,
-                 index_params: dict | None = None, seed: int = 0):
+                 index_params: dict | None = None, seed: int = 0, long_docs: LongDocs | None = None):
         self.model, self.cache = encoder, cache
+        self.long_docs = long_docs or LongDocs()  # --long-doc: whole documents, or windows (pipeline/windows.py)
         self.index_spec, self.index_params, self.seed = index_spec, dict(index_params or {}), seed
         if index_spec != EXACT or self.index_params:  # refused now, before a run directory is opened
             index.build(index_spec, self.index_params, int(encoder.embedding_dim))
@@ -131,7 +133,7 @@ class DenseRetriever:
                                 batch_tokens=cfg.batch_tokens, pooling=cfg.pooling, bidirectional=cfg.bidirectional,
                                 device=cfg.device, dtype=cfg.dtype, show_progress=cfg.show_progress,
                                 **cfg.encoder_options)
-        return cls(encoder, cache, cfg.index, cfg.index_params, cfg.seed)
+        return cls(encoder, cache, cfg.index, cfg.index_params, cfg.seed, LongDocs(cfg.long_doc, cfg.window, cfg.stride))
 
     name = property(lambda self: self.model.name)
     tokenizer = property(lambda self: self.model.tokenizer)
@@ -147,14 +149,14 @@ class DenseRetriever:
         return emb
 
     def index(self, doc_ids, docs):
-        emb, stats = embed_texts(self.model, self.model.corpus_texts(docs), "corpus", self.cache)
-        self.doc_ids, self.doc_emb = list(doc_ids), self.searchable(emb)
-        return stats
+        emb, stats = embed_texts(self.model, self.long_docs.texts(self.model, docs), "corpus", self.cache)
+        self.doc_ids, self.doc_emb = list(doc_ids), self.searchable(self.long_docs.fold(emb, self.model.normalize))
+        return dict(stats, documents=len(self.doc_ids), **self.long_docs.stats())
 
     def search(self, query_ids, queries, top_k):
         emb, stats = embed_texts(self.model, self.model.query_texts(queries), "queries", self.cache)
         query_emb = self.searchable(emb)
-        exact, search_stats = index.search(self.doc_emb, self.doc_ids, query_emb, query_ids, top_k=top_k)
+        exact, search_stats = self.long_docs.search(self.doc_emb, self.doc_ids, query_emb, query_ids, top_k)
         stats = dict(search_stats, similarity=self.model.similarity, query_encode=stats)
         if self.index_spec == EXACT:
             return exact, stats

@@ -24,7 +24,7 @@ from encoders.base import title_text
 
 from .. import perturbations
 from ..perturbations import Context, Perturbation, PerturbationError
-from . import index, measure, metrics, record, retrievers
+from . import index, measure, metrics, record, retrievers, windows
 from .cache import EmbeddingCache
 from .data import DataError, Dataset, load_dataset
 from .index import IndexOptionError
@@ -58,7 +58,7 @@ def run_benchmark(cfg: RunConfig) -> RunResult:
     staging = stage_run(target, cfg.overwrite)  # fails now if the run exists; locked temp dir until the end
     ctx = Context(seed=cfg.seed, tokenizer=retriever.tokenizer, title_sep=retriever.title_sep,
                   clean_texts=[title_text(d, retriever.title_sep) for d in ds.corpus.values()],
-                  progress=cfg.show_progress)
+                  judged=frozenset(d for judged in ds.qrels.values() for d in judged), progress=cfg.show_progress)
     steps = perturbation.apply_model(retriever, ctx)
     load_s = time.perf_counter() - t_load
     corpus, corpus_steps = perturbation.apply_corpus(ds.corpus, ctx)
@@ -92,6 +92,7 @@ def check_options(cfg: RunConfig) -> Perturbation:
     retrievers.check(cfg.encoder)
     if (cfg.index != index.EXACT or cfg.index_params) and not retrievers.searches_vectors(cfg.encoder):
         raise IndexOptionError(f"--index / --index-params: {cfg.encoder} searches no embeddings (only {index.EXACT} applies)")
+    windows.check_options(cfg, retrievers.searches_vectors(cfg.encoder))
     if perturbation.needs_model and not retrievers.has_model(cfg.encoder):
         raise PerturbationError(f"perturbation {perturbation.name!r} changes a model; {cfg.encoder} has none")
     return perturbation
