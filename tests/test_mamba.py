@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from transformers import MambaForCausalLM
+from transformers import MambaConfig, MambaForCausalLM, MambaModel
 from transformers.models.mamba import modeling_mamba
 from transformers.utils import logging as hf_logging
 
@@ -74,6 +74,27 @@ def test_model_equals_transformers_reference(tiny):
         again = tiny(ids, mask)
     assert_close(ours, ref, **TINY)  # two fp32 computations of the same network
     assert torch.equal(ours, again)  # rebinding restores the chunked path
+
+
+def test_projection_bias_and_biasless_conv_equal_transformers_reference():
+    """The config's other bias choices (in_proj with a bias, the conv without one; the presets have
+    the opposite): chunked mixers vs transformers' MambaMixer.forward, fp32, with right padding."""
+    torch.manual_seed(0)
+    config = MambaConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, expand=2, state_size=4, conv_kernel=4,
+                         use_bias=True, use_conv_bias=False, use_cache=False)
+    model = MambaModel(config).eval()
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.mixer.in_proj.bias.normal_()  # initialised to zero: give it something to get wrong
+    ids = torch.randint(1, 50, (2, 13))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    with torch.inference_mode():
+        mamba.bind_chunked_scan(model)
+        ours = model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        mamba.unbind_chunked_scan(model)
+        ref = model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    assert_close(ours, ref, terms=64, chains=4 * 2)  # widest sum: d_inner 64; ~4 reductions per layer
 
 
 def test_padding_invariance(tiny):
