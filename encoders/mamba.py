@@ -138,11 +138,11 @@ def chunked_mixer_forward(self, hidden_states, cache_params=None, attention_mask
     hidden_states = hidden_states.transpose(0, 1)
     if mask is not None:
         hidden_states = (hidden_states * mask).to(dtype)
-    # in_proj as two products, x's rows then the gate's: each output contiguous. On a strided half of
-    # one (length, batch, 2 d_inner) output, the conv's multiply-adds below run ~4x slower.
-    hidden_states = hidden_states.contiguous()
-    biases = (None, None) if self.in_proj.bias is None else self.in_proj.bias.chunk(2)
-    x, gate = (F.linear(hidden_states, w, b) for w, b in zip(self.in_proj.weight.chunk(2), biases))
+    x, gate = self.in_proj(hidden_states.contiguous()).chunk(2, dim=-1)  # (length, batch, d_inner) each
+    # On x as a strided half of in_proj's output the conv's multiply-adds below run ~4x slower than
+    # on a contiguous copy, copy included. (Two products on in_proj's halves would do as well, but a
+    # view of the weight defeats the bf16 weights held by Encoder.held_weights.)
+    x = x.contiguous()
     # Causal depthwise conv as shifted multiply-adds: out[t] = bias + sum_k w[k] x[t - (K-1) + k].
     # Each tap's weights as one contiguous row: a strided (d_inner,) factor makes every multiply-add 4-10x slower.
     w = self.conv1d.weight[:, 0, :].t().contiguous()  # (K, d_inner)
