@@ -235,3 +235,12 @@ def test_presets_use_mamba_ssm_initialisation(tiny):
     assert tiny.arch_config["init"] == "mamba-ssm"
     # transformers' own A and dt initialisation is kept: A_log = log(1..d_state) per channel.
     assert torch.equal(mixer.A_log[0], torch.log(torch.arange(1, mixer.ssm_state_size + 1, dtype=torch.float32)))
+
+
+def test_scan_benchmark_agrees_and_counts_page_faults(capsys):
+    """benchmarks.studies.bench_mamba_scan at a tiny size: both paths in alternating pairs, agreeing."""
+    from benchmarks.studies import bench_mamba_scan
+
+    assert bench_mamba_scan.main(["--preset", "tiny", "--batch", "2", "--length", "20", "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "median of 2 alternating pairs" in out and "OK at 1e-4" in out and "page faults" in out
