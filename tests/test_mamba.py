@@ -47,6 +47,19 @@ def test_scan_equals_transformers_scan(length, chunk):
     assert_close(ours.permute(1, 2, 0), ref, terms=length * 5, chains=4, unit=U64)
 
 
+def test_wide_batches_scan_in_shorter_chunks(monkeypatch):
+    """The chunk shrinks so that the two chunk buffers stay within SCAN_BUFFER_BYTES, and the scan in
+    those chunks still equals transformers' scan."""
+    assert [mamba.scan_chunk(256, b, 1536, 16) for b in (1, 8, 16, 32, 1024)] == [8, 8, 4, 2, 1]
+    assert mamba.scan_chunk(5, 1, 1536, 16) == 5 and mamba.scan_chunk(256, 1, 1536, 16, chunk_size=3) == 3
+    x, dt, A, B, C = naive_inputs(2, 19, 12, 5)
+    monkeypatch.setattr(mamba, "SCAN_BUFFER_BYTES", 2 * 3 * 2 * 5 * 12 * 4)  # room for 3 steps at batch 2
+    assert mamba.scan_chunk(19, 2, 12, 5) == 3
+    ref = modeling_mamba.mamba_selective_scan(x.permute(1, 2, 0), dt.permute(1, 2, 0), A, B.permute(1, 2, 0),
+                                              C.permute(1, 2, 0))
+    assert_close(mamba.selective_scan_chunked(x, dt, A, B, C).permute(1, 2, 0), ref, terms=19 * 5, chains=4, unit=U64)
+
+
 def test_scan_float32_accuracy():
     x, dt, A, B, C = naive_inputs(2, 200, 16, 16)
     exact = mamba.selective_scan_chunked(x, dt, A, B, C)

@@ -103,7 +103,7 @@ def main(argv=None):
     from transformers.utils import logging as hf_logging
 
     import encoders
-    from encoders.mamba import CHUNK_SIZE, bind_chunked_scan, unbind_chunked_scan
+    from encoders.mamba import CHUNK_SIZE, bind_chunked_scan, scan_chunk, unbind_chunked_scan
 
     hf_logging.set_verbosity_error()  # the "falling back to the reference implementation" notice
     torch.set_num_threads(args.threads)
@@ -132,10 +132,11 @@ def main(argv=None):
 
     mib = 2**20
     per_ref = 2 * args.batch * cfg.intermediate_size * args.length * cfg.state_size * 4
-    per_chunk = 2 * min(chunk, args.length) * args.batch * cfg.intermediate_size * cfg.state_size * 4
+    used = scan_chunk(args.length, args.batch, cfg.intermediate_size, cfg.state_size, chunk)  # chunk, at most
+    per_chunk = 2 * used * args.batch * cfg.intermediate_size * cfg.state_size * 4
     print(f"mamba preset {args.preset}: d_model {cfg.hidden_size}, layers {cfg.num_hidden_layers}, "
           f"d_inner {cfg.intermediate_size}, d_state {cfg.state_size}; batch {args.batch} x length {args.length}, "
-          f"{torch.get_num_threads()} thread(s), chunk {chunk}, median of {args.repeats} alternating pairs"
+          f"{torch.get_num_threads()} thread(s), chunk {used}, median of {args.repeats} alternating pairs"
           + (", glibc malloc thresholds raised" if args.raise_malloc_thresholds else ""))
     print(f"{'path':<24}{'seconds':>9}{'tokens/s':>10}{'peak RSS growth':>17}{'scan tensors/layer':>20}"
           f"{'page faults':>13}")
