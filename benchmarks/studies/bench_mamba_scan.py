@@ -2,21 +2,22 @@
 
     python -m benchmarks.studies.bench_mamba_scan [--batch 8] [--length 256] [--preset small] [--threads 1]
 
-Times the backbone forward, the two paths alternating forward by forward (one warm-up each, then
---repeats pairs), so that a load that comes and goes on a shared machine slows both alike; the
-speed-up is the median of the pairs' ratios, with their range. Checks that both agree to 1e-4, and
-reports peak memory two ways:
+Times the backbone forward, the two paths alternating forward by forward (--repeats pairs, after
+the memory measurement below), so that a load that comes and goes on a shared machine slows both
+alike; the speed-up is the median of the pairs' ratios, with their range. Checks that both agree to
+1e-4, and reports peak memory two ways:
 - measured: the peak resident set size (RSS, /proc/self/statm sampled every millisecond by a
-  thread) during the forward, minus the RSS just before it. Torch's CPU allocator returns large
-  blocks to the OS on free, so this tracks the live intermediates; a spike shorter than the
-  sampling interval can be missed.
+  thread) during one forward of each path on its own (chunked first, each after a warm-up), minus
+  the RSS just before it. Torch's CPU allocator returns large blocks to the OS on free, so this
+  tracks the live intermediates; a spike shorter than the sampling interval can be missed.
 - analytic: the largest scan intermediates per layer. The reference holds exp(dt A) and dt B x for
   the whole text, 2 x (batch, d_inner, length, d_state) floats; the chunked scan holds the same two
   per chunk, 2 x (chunk, batch, d_inner, d_state) floats.
 
-It also counts minor page faults per forward. glibc maps a large block afresh for each allocation
-and unmaps it on free, so every large temporary is page-faulted and zeroed by the kernel again;
-the reference's (batch, d_inner, length, d_state) tensors make that a large share of its time.
+It also counts minor page faults per timed forward. glibc serves a block above its mmap threshold
+(128 KiB, raised as such blocks are freed, up to 32 MiB) with a fresh mapping and unmaps it on free,
+so each such temporary is page-faulted and zeroed by the kernel anew; the reference's (batch,
+d_inner, length, d_state) tensors (384 MiB per layer at the defaults) make that a large share of its time.
 --raise-malloc-thresholds (glibc only) raises glibc's mmap and trim thresholds first (mallopt), so
 that freed memory is reused instead: both paths then run without those faults (and the RSS growth
 reads ~0, the memory being kept).
@@ -115,16 +116,20 @@ def main(argv=None):
     tokens = args.batch * args.length
 
     paths = {"chunked": lambda: bind_chunked_scan(model, chunk), "reference": lambda: unbind_chunked_scan(model)}
-    seconds, outs, mem, faults = {p: [] for p in paths}, {}, {p: 0 for p in paths}, {p: [] for p in paths}
+    seconds, outs, mem, faults = {p: [] for p in paths}, {}, {}, {p: [] for p in paths}
     with torch.inference_mode():
-        for repeat in range(args.repeats + 1):  # the first round is the warm-up
+        # Memory path by path, the chunked path first, after a warm-up each: once the reference has
+        # run, glibc keeps part of its freed memory mapped and the chunked path's growth would read 0.
+        for path, bind in paths.items():
+            bind()
+            time_forward(model, ids)
+            mem[path] = time_forward(model, ids)[2]
+        for repeat in range(args.repeats):  # the timings, in alternating pairs
             for path, bind in paths.items():
                 bind()
-                t, outs[path], m, f = time_forward(model, ids)
-                if repeat:
-                    seconds[path].append(t)
-                    mem[path] = max(mem[path], m)
-                    faults[path].append(f)
+                t, outs[path], _, f = time_forward(model, ids)
+                seconds[path].append(t)
+                faults[path].append(f)
     ratios = [r / c for r, c in zip(seconds["reference"], seconds["chunked"])]
     t_chunk, t_ref = statistics.median(seconds["chunked"]), statistics.median(seconds["reference"])
     mem_chunk, mem_ref = mem["chunked"], mem["reference"]
