@@ -257,3 +257,4 @@ def test_scan_benchmark_agrees_and_counts_page_faults(capsys):
     assert bench_mamba_scan.main(["--preset", "tiny", "--batch", "2", "--length", "20", "--repeats", "2"]) == 0
     out = capsys.readouterr().out
     assert "median of 2 alternating pairs" in out and "OK at 1e-4" in out and "page faults" in out
+    assert "bound: reference / projections alone" in out

@@ -14,7 +14,8 @@ alike; the speed-up is the median of the pairs' ratios, with their range. Checks
   the whole text, 2 x (batch, d_inner, length, d_state) floats; the chunked scan holds the same two
   per chunk, 2 x (chunk, batch, d_inner, d_state) floats.
 
-It also counts minor page faults per timed forward. glibc serves a block above its mmap threshold
+It also times the mixers' products alone (the bound on the speed-up: the reference's time over
+theirs) and counts minor page faults per timed forward. glibc serves a block above its mmap threshold
 (128 KiB, raised as such blocks are freed, up to 32 MiB) with a fresh mapping and unmaps it on free,
 so each such temporary is page-faulted and zeroed by the kernel anew; the reference's (batch,
 d_inner, length, d_state) tensors (384 MiB per layer at the defaults) make that a large share of its time.
@@ -76,6 +77,20 @@ def time_forward(model, ids):
     return seconds, out, mem.delta, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
 
 
+def time_projections(model, batch: int, length: int) -> float:
+    """Seconds of the products every mixer makes on either path (in_proj, x_proj, dt_proj, out_proj) at
+    these shapes, for all layers, on random inputs: a floor under both paths' forward."""
+    cfg = model.config
+    rows = batch * length
+    inputs = [torch.randn(rows, n) for n in (cfg.hidden_size, cfg.intermediate_size, cfg.time_step_rank)]
+    start = time.perf_counter()
+    for layer in model.layers:
+        m = layer.mixer
+        for linear, x in ((m.in_proj, inputs[0]), (m.x_proj, inputs[1]), (m.dt_proj, inputs[2]), (m.out_proj, inputs[1])):
+            torch.nn.functional.linear(x, linear.weight)
+    return time.perf_counter() - start
+
+
 def raise_malloc_thresholds() -> None:
     """glibc: serve every allocation below 1 GiB from the heap, and never give freed heap back."""
     try:
@@ -124,13 +139,17 @@ def main(argv=None):
             bind()
             time_forward(model, ids)
             mem[path] = time_forward(model, ids)[2]
-        for repeat in range(args.repeats):  # the timings, in alternating pairs
+        time_projections(model, args.batch, args.length)  # warm-up
+        projections = []
+        for repeat in range(args.repeats):  # the timings, in alternating pairs (and the products alone)
             for path, bind in paths.items():
                 bind()
                 t, outs[path], _, f = time_forward(model, ids)
                 seconds[path].append(t)
                 faults[path].append(f)
+            projections.append(time_projections(model, args.batch, args.length))
     ratios = [r / c for r, c in zip(seconds["reference"], seconds["chunked"])]
+    bounds = [r / p for r, p in zip(seconds["reference"], projections)]
     t_chunk, t_ref = statistics.median(seconds["chunked"]), statistics.median(seconds["reference"])
     mem_chunk, mem_ref = mem["chunked"], mem["reference"]
     diff = (outs["chunked"] - outs["reference"]).abs().max().item()
@@ -149,8 +168,11 @@ def main(argv=None):
                                   ("chunked scan", "chunked", t_chunk, mem_chunk, per_chunk)):
         print(f"{name:<24}{t:>9.3f}{tokens / t:>10.0f}{m / mib:>13.1f} MiB{per / mib:>16.1f} MiB"
               f"{statistics.median(faults[path]):>13.0f}")
+    print(f"{'projections alone':<24}{statistics.median(projections):>9.3f}  (in/x/dt/out_proj, shared by both paths)")
     print(f"speed-up {statistics.median(ratios):.2f}x (pairs {min(ratios):.2f}-{max(ratios):.2f}x); "
           f"max |chunked - reference| = {diff:.2e} ({'OK' if diff <= 1e-4 else 'MISMATCH'} at 1e-4)")
+    print(f"bound: reference / projections alone = {statistics.median(bounds):.2f}x (the speed-up if all but "
+          f"those products cost nothing)")
     return 0 if diff <= 1e-4 else 1
 
 
