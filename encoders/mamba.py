@@ -28,7 +28,7 @@ from .pruning import Group, Slice, linear_slices, register_pruner, units
 # Preset shape. Mamba has no MLP blocks, so at n_layer = num_layers the mixer must carry the
 # parameters BERT spends on its MLP: expand 4 puts tiny/small/base within 3-5% of BERT.
 EXPAND, D_STATE, D_CONV = 4, 16, 4
-CHUNK_SIZE = 8  # time steps per chunk, at most; 4-16 are all close on CPU at batch 8
+CHUNK_SIZE = 8  # time steps per chunk, at most; at batch 8 (small preset) 4 and 8 are close, 16 is ~40% slower
 # ... and fewer for wide batches: the scan's two chunk buffers stay within this many bytes (batch 8 x
 # chunk 8 at the small preset). At batch 16-32 (4096 tokens of 128-256) chunk 8 overflows the cache
 # and ran 35-70% slower than chunk 2-4 (measured on the shared 2-core AMD EPYC).
@@ -150,9 +150,9 @@ def chunked_mixer_forward(self, hidden_states, cache_params=None, attention_mask
     if mask is not None:
         hidden_states = (hidden_states * mask).to(dtype)
     x, gate = self.in_proj(hidden_states.contiguous()).chunk(2, dim=-1)  # (length, batch, d_inner) each
-    # On x as a strided half of in_proj's output the conv's multiply-adds below run ~4x slower than
-    # on a contiguous copy, copy included. (Two products on in_proj's halves would do as well, but a
-    # view of the weight defeats the bf16 weights held by Encoder.held_weights.)
+    # On x as a strided half of in_proj's output the conv's multiply-adds below run ~4x slower than on
+    # a contiguous copy, and the copy costs less than the difference. (Two products on in_proj's
+    # halves would do as well, but a view of the weight defeats Encoder.held_weights' bf16 casts.)
     x = x.contiguous()
     # Causal depthwise conv as shifted multiply-adds: out[t] = bias + sum_k w[k] x[t - (K-1) + k].
     # Each tap's weights as one contiguous row: a strided (d_inner,) factor makes every multiply-add 4-10x slower.
