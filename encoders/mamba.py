@@ -28,12 +28,23 @@ from .pruning import Group, Slice, linear_slices, register_pruner, units
 # Preset shape. Mamba has no MLP blocks, so at n_layer = num_layers the mixer must carry the
 # parameters BERT spends on its MLP: expand 4 puts tiny/small/base within 3-5% of BERT.
 EXPAND, D_STATE, D_CONV = 4, 16, 4
-CHUNK_SIZE = 8  # time steps per chunk; 4-16 are all close on CPU, 8 keeps the chunk tensors cache-sized
+CHUNK_SIZE = 8  # time steps per chunk, at most; at batch 8 (small preset) 4 and 8 are close, 16 is ~40% slower
+# ... and fewer for wide batches: the scan's two chunk buffers stay within this many bytes (batch 8 x
+# chunk 8 at the small preset). At batch 16-32 (4096 tokens of 128-256) chunk 8 overflows the cache
+# and ran 35-70% slower than chunk 2-4 (measured on the shared 2-core AMD EPYC).
+SCAN_BUFFER_BYTES = 12 * 2**20
 # Memory traffic of `selective_scan_chunked` per state element (batch, channel, state) and time step,
 # in passes over its fp32 chunk buffers: dt*A written (1), exp2 in place (2), dt x B written (1), the
 # step's multiply-add reads decay, previous and own state and writes one (4), the read-out reads
 # the state (1). 9 x 4 bytes: the figure a memory-bound scan is held to (benchmarks.studies.efficiency).
 SCAN_BYTES_PER_STATE = 9 * 4
+
+
+def scan_chunk(length: int, batch: int, d_inner: int, d_state: int, chunk_size: int = CHUNK_SIZE) -> int:
+    """Time steps per chunk of `selective_scan_chunked`: chunk_size, or fewer so that its two fp32
+    (chunk, batch, d_state, d_inner) buffers fit in SCAN_BUFFER_BYTES; at least 1, at most length."""
+    fits = SCAN_BUFFER_BYTES // (2 * batch * d_state * d_inner * 4)
+    return max(1, min(chunk_size, fits, length))
 
 
 def selective_scan_chunked(x, dt, A, B, C, chunk_size: int = CHUNK_SIZE):
@@ -50,7 +61,7 @@ def selective_scan_chunked(x, dt, A, B, C, chunk_size: int = CHUNK_SIZE):
     so nothing can overflow. The segment-sum form of Mamba-2's SSD (exp(S_t - S_s) for s <= t) does
     not pay here: Mamba-1's decay differs per (channel, state), so its chunk-squared term costs
     ~chunk/2 extra exps per element and no matmul absorbs it (measured 3-6x slower on CPU).
-    Memory: two (chunk, batch, d_state, d_inner) buffers, reused by every chunk.
+    Memory: two (chunk, batch, d_state, d_inner) buffers, reused by every chunk (`scan_chunk`).
     """
     length, batch, d_inner = x.shape
     d_state = A.shape[1]
@@ -62,7 +73,7 @@ def selective_scan_chunked(x, dt, A, B, C, chunk_size: int = CHUNK_SIZE):
     C = C.contiguous()
     # exp(dt A) as exp2(dt A log2(e)): torch's exp2 is about twice as fast as its exp on CPU.
     A2 = (A * math.log2(math.e)).t().contiguous()
-    chunk = min(chunk_size, length)
+    chunk = scan_chunk(length, batch, d_inner, d_state, chunk_size)
     decay = x.new_empty(chunk, batch, d_state, d_inner)
     states = x.new_empty(chunk, batch, d_state, d_inner)
     h = x.new_zeros(batch, d_state, d_inner)
@@ -139,13 +150,18 @@ def chunked_mixer_forward(self, hidden_states, cache_params=None, attention_mask
     if mask is not None:
         hidden_states = (hidden_states * mask).to(dtype)
     x, gate = self.in_proj(hidden_states.contiguous()).chunk(2, dim=-1)  # (length, batch, d_inner) each
+    # On x as a strided half of in_proj's output the conv's multiply-adds below run ~4x slower than on
+    # a contiguous copy, and the copy costs less than the difference. (Two products on in_proj's
+    # halves would do as well, but a view of the weight defeats Encoder.held_weights' bf16 casts.)
+    x = x.contiguous()
     # Causal depthwise conv as shifted multiply-adds: out[t] = bias + sum_k w[k] x[t - (K-1) + k].
-    w = self.conv1d.weight[:, 0, :]  # (d_inner, K)
-    K = w.shape[1]
-    conv = x * w[:, K - 1] if self.conv1d.bias is None else torch.addcmul(self.conv1d.bias, x, w[:, K - 1])
+    # Each tap's weights as one contiguous row: a strided (d_inner,) factor makes every multiply-add 4-10x slower.
+    w = self.conv1d.weight[:, 0, :].t().contiguous()  # (K, d_inner)
+    K = len(w)
+    conv = x * w[K - 1] if self.conv1d.bias is None else torch.addcmul(self.conv1d.bias, x, w[K - 1])
     for k in range(K - 1):
         shift = K - 1 - k
-        conv[shift:].addcmul_(x[:-shift], w[:, k])
+        conv[shift:].addcmul_(x[:-shift], w[k])
     x = self.act(conv)
     if mask is not None:
         x = (x * mask).to(x.dtype)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from transformers import MambaForCausalLM
+from transformers import MambaConfig, MambaForCausalLM, MambaModel
 from transformers.models.mamba import modeling_mamba
 from transformers.utils import logging as hf_logging
 
@@ -47,6 +47,19 @@ def test_scan_equals_transformers_scan(length, chunk):
     assert_close(ours.permute(1, 2, 0), ref, terms=length * 5, chains=4, unit=U64)
 
 
+def test_wide_batches_scan_in_shorter_chunks(monkeypatch):
+    """The chunk shrinks so that the two chunk buffers stay within SCAN_BUFFER_BYTES, and the scan in
+    those chunks still equals transformers' scan."""
+    assert [mamba.scan_chunk(256, b, 1536, 16) for b in (1, 8, 16, 32, 1024)] == [8, 8, 4, 2, 1]
+    assert mamba.scan_chunk(5, 1, 1536, 16) == 5 and mamba.scan_chunk(256, 1, 1536, 16, chunk_size=3) == 3
+    x, dt, A, B, C = naive_inputs(2, 19, 12, 5)
+    monkeypatch.setattr(mamba, "SCAN_BUFFER_BYTES", 2 * 3 * 2 * 5 * 12 * 4)  # room for 3 steps at batch 2
+    assert mamba.scan_chunk(19, 2, 12, 5) == 3
+    ref = modeling_mamba.mamba_selective_scan(x.permute(1, 2, 0), dt.permute(1, 2, 0), A, B.permute(1, 2, 0),
+                                              C.permute(1, 2, 0))
+    assert_close(mamba.selective_scan_chunked(x, dt, A, B, C).permute(1, 2, 0), ref, terms=19 * 5, chains=4, unit=U64)
+
+
 def test_scan_float32_accuracy():
     x, dt, A, B, C = naive_inputs(2, 200, 16, 16)
     exact = mamba.selective_scan_chunked(x, dt, A, B, C)
@@ -74,6 +87,27 @@ def test_model_equals_transformers_reference(tiny):
         again = tiny(ids, mask)
     assert_close(ours, ref, **TINY)  # two fp32 computations of the same network
     assert torch.equal(ours, again)  # rebinding restores the chunked path
+
+
+def test_projection_bias_and_biasless_conv_equal_transformers_reference():
+    """The config's other bias choices (in_proj with a bias, the conv without one; the presets have
+    the opposite): chunked mixers vs transformers' MambaMixer.forward, fp32, with right padding."""
+    torch.manual_seed(0)
+    config = MambaConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, expand=2, state_size=4, conv_kernel=4,
+                         use_bias=True, use_conv_bias=False, use_cache=False)
+    model = MambaModel(config).eval()
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.mixer.in_proj.bias.normal_()  # initialised to zero: give it something to get wrong
+    ids = torch.randint(1, 50, (2, 13))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    with torch.inference_mode():
+        mamba.bind_chunked_scan(model)
+        ours = model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        mamba.unbind_chunked_scan(model)
+        ref = model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    assert_close(ours, ref, terms=64, chains=4 * 2)  # widest sum: d_inner 64; ~4 reductions per layer
 
 
 def test_padding_invariance(tiny):
@@ -214,3 +248,13 @@ def test_presets_use_mamba_ssm_initialisation(tiny):
     assert tiny.arch_config["init"] == "mamba-ssm"
     # transformers' own A and dt initialisation is kept: A_log = log(1..d_state) per channel.
     assert torch.equal(mixer.A_log[0], torch.log(torch.arange(1, mixer.ssm_state_size + 1, dtype=torch.float32)))
+
+
+def test_scan_benchmark_agrees_and_counts_page_faults(capsys):
+    """benchmarks.studies.bench_mamba_scan at a tiny size: both paths in alternating pairs, agreeing."""
+    from benchmarks.studies import bench_mamba_scan
+
+    assert bench_mamba_scan.main(["--preset", "tiny", "--batch", "2", "--length", "20", "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "median of 2 alternating pairs" in out and "OK at 1e-4" in out and "page faults" in out
+    assert "bound: reference / projections alone" in out

@@ -106,7 +106,7 @@ def mamba_scan_bound(encoder, length: int, tokens: int, repeats: int) -> tuple[f
     """Mamba's selective scan alone at the encoder's shapes (random inputs, one layer): seconds per
     token over all layers, the bytes per second it moves (SCAN_BYTES_PER_STATE per state element
     and step), its working set in bytes, and the copy bandwidth at that working set's size."""
-    from encoders.mamba import SCAN_BYTES_PER_STATE, selective_scan_chunked
+    from encoders.mamba import SCAN_BYTES_PER_STATE, scan_chunk, selective_scan_chunked
 
     cfg = encoder.model.config
     E, N, layers = cfg.intermediate_size, cfg.state_size, cfg.num_hidden_layers
@@ -124,7 +124,7 @@ def mamba_scan_bound(encoder, length: int, tokens: int, repeats: int) -> tuple[f
         best = min(best, time.perf_counter() - start)
     per_token = best * layers / (batch * length)
     # The scan's working set: its two chunk buffers. A copy of that size says what that cache level delivers.
-    working_set = 2 * min(chunk, length) * batch * N * E * 4
+    working_set = 2 * scan_chunk(length, batch, E, N, chunk) * batch * N * E * 4
     return per_token, SCAN_BYTES_PER_STATE * N * E * batch * length / best, working_set, memory_bandwidth(working_set / 2**21)
 
 
