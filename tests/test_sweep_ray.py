@@ -4,6 +4,12 @@ others complete, and a second run that redoes nothing. One local Ray serves the 
 
 import contextlib
 import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -14,6 +20,7 @@ from conftest import write_scifact_slice
 # Columns that time or place a run: they differ between any two executions of the same configuration.
 NOT_COMPARED = ["path", "created", "query_p50_ms", "query_p95_ms", "query_p50_ms_spread", "corpus_docs_per_s",
                 "corpus_tokens_per_s", "total_s", "peak_rss_mb", "cuda_peak_mb"]
+REPO = Path(__file__).resolve().parent.parent
 FAILING = "bm25(default) slice clean: --top-k must be positive, got 0"
 
 
@@ -92,3 +99,58 @@ def test_each_ray_point_runs_in_a_fresh_worker(sweeps):
     loaded a model (a reused worker would carry the model's peak)."""
     peaks = pd.read_parquet(sweeps["ray"][0] / "runs.parquet").groupby("encoder")["peak_rss_mb"]
     assert peaks.max()["bm25"] < peaks.min()["bert"]
+
+
+def test_killed_ray_sweep_takes_its_workers_along_and_resumes(tiny_dataset, tmp_path):
+    """SIGKILL the driver of a --ray sweep while a point is encoding (held there by
+    tests/blocking_encoder.py): the worker goes with it, leaving its temporary run directory; the next
+    --ray sweep removes that, runs the point once more and redoes nothing else."""
+    out = tmp_path / "results"
+    cfg = tmp_path / "kill.yaml"
+    cfg.write_text(f"""
+name: mini
+datasets: [tiny]
+defaults: {{data_dir: {tiny_dataset.parent}, preset: tiny, latency_queries: 3, max_length: 64}}
+encoders:
+  - {{encoder: blocking, encoder_module: blocking_encoder, perturbations: [clean]}}
+  - {{encoder: bm25, preset: null, perturbations: [clean]}}
+""")
+    log, flag, marker = tmp_path / "encoded.log", tmp_path / "block", tmp_path / "blocked"
+    flag.touch()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}",
+               BLOCKING_LOG=str(log), BLOCKING_FLAG=str(flag), BLOCKING_MARKER=str(marker))
+    cmd = [sys.executable, "-m", "benchmarks.sweep", str(cfg), "--output-dir", str(out), "--quiet", "--ray"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not marker.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), "the sweep never reached the blocking run"
+        worker = int(marker.read_text())
+        assert len(list(out.glob("*/blocking-*/clean/.mini-*"))) == 1
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.time() + 60
+    while alive(worker) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not alive(worker), "the point's worker outlived the killed sweep"
+    before = {d: (d / "summary.json").stat().st_mtime_ns for d in run_dirs(out)}
+
+    flag.unlink()
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "removed 1 partial run directory" in done.stdout
+    assert f"{len(before)} already complete, {2 - len(before)} to do" in done.stdout
+    assert log.read_text() == "corpus\n" * 2  # the killed point ran exactly once more
+    assert len(run_dirs(out)) == 2 and not list(out.rglob(".mini-*"))
+    assert all((d / "summary.json").stat().st_mtime_ns == t for d, t in before.items())
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie has exited
+        return f.read().split()[2] != "Z"
