@@ -1,6 +1,7 @@
 """A resumable grid of runs: encoders x datasets x perturbations, from one YAML file.
 
     python -m benchmarks.sweep benchmarks/configs/archaeology.yaml [--dry-run] [--quiet] [--perturbations clean]
+        [--ray [ADDRESS]] [--ray-cpus-per-point N] [--rebuild-table]
 
 ```yaml
 name: archaeology                  # the run id of every run: results/<dataset>/<tag>/<perturbation>/<name>-<identity>
@@ -18,8 +19,9 @@ encoders:
 A run is complete when a run directory of this sweep (they appear atomically) records the same identity
 (the hash of the resolved configuration: benchmarks/pipeline/record.py), so a killed sweep resumes where
 it stopped and never redoes or half-writes a run. Each point runs in a fresh process (a crash fails
-that point only) and records its own peak memory. After every run the table of all runs,
-`<output_dir>/runs.parquet` (+ runs.csv), is rebuilt.
+that point only) and records its own peak memory: one after another here, or all at once as Ray tasks
+with `--ray` (benchmarks/sweep_ray.py). Each finished run is added to the table of all runs,
+`<output_dir>/runs.parquet` (+ runs.csv); `--rebuild-table` rebuilds it from every run directory.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import yaml
@@ -42,7 +44,7 @@ from tqdm.auto import tqdm
 
 import encoders
 
-from . import perturbations
+from . import perturbations, sweep_ray
 from .cli import run_command
 from .pipeline import record, retrievers
 from .pipeline.data import find_dataset
@@ -185,48 +187,70 @@ def describe(cfg: RunConfig) -> str:
     return f"{cfg.encoder}({what}) {cfg.dataset} {cfg.perturbation}"
 
 
-def run_sweep(sweep: Sweep, show_progress: bool = True, dry_run: bool = False) -> dict:
+def run_sweep(sweep: Sweep, show_progress: bool = True, dry_run: bool = False, execute=None) -> dict:
+    """Run the points not yet complete with `execute` (`in_processes`, the default, or `on_ray(...)`),
+    adding each finished run to the runs table; a failed point is reported and the rest go on."""
     done = completed(sweep)
     todo = [c for c in sweep.points if identity(c) not in done]
     if dry_run:
-        seconds = 0.0
-        for c in sweep.points:
-            line = ("done " if identity(c) in done else "todo ") + describe(c)
-            if identity(c) in done:
-                took = json.loads((done[identity(c)] / "summary.json").read_text())["timings"]["total_s"]
-                seconds += took
-                line += f"  ({took:.0f} s)"
-            print(line)
-        print(f"{len(sweep.points) - len(todo)} of {len(sweep.points)} runs complete; their recorded run times "
-              f"(summary.json timings.total_s) add up to {seconds / 3600:.2f} h")
-        return dict(total=len(sweep.points), skipped=len(sweep.points) - len(todo), ran=0, failed=[], seconds=seconds)
+        return list_sweep(sweep, done, todo)
     removed = remove_partial(sweep)
     if removed:
         print(f"removed {removed} partial run director{'y' if removed == 1 else 'ies'} of an interrupted sweep")
     print(f"sweep {sweep.name}: {len(sweep.points)} runs, {len(sweep.points) - len(todo)} already complete, "
           f"{len(todo)} to do")
     failed, start = [], time.perf_counter()
-    bar = tqdm(todo, desc=f"sweep {sweep.name}", unit="run", disable=not show_progress, position=0)
-    for cfg in bar:
-        bar.set_postfix_str(describe(cfg))
-        cfg.show_progress = show_progress
-        try:
-            path, ndcg, seconds = in_fresh_process(run_point, cfg)
-            tqdm.write(f"done  {describe(cfg)}: NDCG@10 {ndcg:.4f}  ({seconds:.0f} s)  {path}")
-        except (*USER_ERRORS, BrokenProcessPool) as e:  # one bad point does not stop the grid
-            why = str(e) if not isinstance(e, BrokenProcessPool) else "the worker process died"
-            failed.append(f"{describe(cfg)}: {why}")
-            tqdm.write(f"FAIL  {describe(cfg)}: {why}")
+    bar = tqdm(total=len(todo), desc=f"sweep {sweep.name}", unit="run", disable=not show_progress, position=0)
+    for cfg, outcome in (execute or in_processes)(todo, show_progress, lambda c: bar.set_postfix_str(describe(c))):
+        bar.update()
+        if isinstance(outcome, str):
+            failed.append(f"{describe(cfg)}: {outcome}")
+            tqdm.write(f"FAIL  {describe(cfg)}: {outcome}")
             continue
-        record.write_table(sweep.output_dir)
-    record.write_table(sweep.output_dir)  # also when everything was already complete
+        path, ndcg, seconds = outcome
+        tqdm.write(f"done  {describe(cfg)}: NDCG@10 {ndcg:.4f}  ({seconds:.0f} s)  {path}")
+        record.add_to_table(sweep.output_dir, [path])
+    bar.close()
+    # Also the runs a killed sweep finished but did not add, and the table itself when none ran.
+    record.add_to_table(sweep.output_dir, completed(sweep).values())
     return dict(total=len(sweep.points), skipped=len(sweep.points) - len(todo), ran=len(todo) - len(failed),
                 failed=failed, seconds=time.perf_counter() - start)
+
+
+def list_sweep(sweep: Sweep, done: dict, todo: list) -> dict:
+    """--dry-run: each point, done or to do, and the recorded run time of those done."""
+    seconds = 0.0
+    for c in sweep.points:
+        line = ("done " if identity(c) in done else "todo ") + describe(c)
+        if identity(c) in done:
+            took = json.loads((done[identity(c)] / "summary.json").read_text())["timings"]["total_s"]
+            seconds += took
+            line += f"  ({took:.0f} s)"
+        print(line)
+    print(f"{len(sweep.points) - len(todo)} of {len(sweep.points)} runs complete; their recorded run times "
+          f"(summary.json timings.total_s) add up to {seconds / 3600:.2f} h")
+    return dict(total=len(sweep.points), skipped=len(sweep.points) - len(todo), ran=0, failed=[], seconds=seconds)
 
 
 def run_point(cfg: RunConfig) -> tuple[str, float, float]:
     result = run_benchmark(cfg)
     return str(result.path), result.summary["metrics"]["ndcg@10"], result.summary["timings"]["total_s"]
+
+
+# -- executing the points -------------------------------------------------------------------------
+# An executor takes (points, show_progress, started) and yields (point, outcome) as each point ends:
+# outcome is run_point's (path, NDCG@10, seconds), or one line (a str) saying why the point failed.
+def in_processes(points: list[RunConfig], show_progress: bool, started):
+    """One point after another, each in a fresh local process."""
+    for cfg in points:
+        started(cfg)
+        cfg.show_progress = show_progress
+        try:
+            yield cfg, in_fresh_process(run_point, cfg)
+        except USER_ERRORS as e:  # one bad point does not stop the grid
+            yield cfg, str(e)
+        except BrokenProcessPool:
+            yield cfg, "the worker process died"
 
 
 def in_fresh_process(fn, *args):
@@ -257,13 +281,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="list the runs and which are complete; run nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--perturbations", help="only this part of the grid, e.g. clean,prune:0.5 (comma-separated)")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="run the points as Ray tasks: on a local Ray (no ADDRESS), or on the cluster at ADDRESS "
+                        "('auto': the one `ray start` runs on this machine)")
+    p.add_argument("--ray-cpus-per-point", type=float, default=1, metavar="N",
+                   help="CPUs each point asks Ray for (default 1; a CUDA point also asks for one GPU)")
+    p.add_argument("--rebuild-table", action="store_true",
+                   help="rebuild <output_dir>/runs.parquet from every run directory under it; run nothing")
     args = p.parse_args(argv)
 
     def body() -> int:
+        if args.ray_cpus_per_point <= 0:
+            raise SweepError(f"--ray-cpus-per-point must be positive, got {args.ray_cpus_per_point:g}")
+        if args.rebuild_table:
+            out = args.output_dir or read_spec(Path(args.config)).get("output_dir", "results")
+            print(f"runs table: {record.write_table(out)}")
+            return 0
         sweep = load_sweep(args.config, args.output_dir)
         if args.perturbations:
             sweep = select_perturbations(sweep, args.perturbations.split(","), args.config)
-        outcome = run_sweep(sweep, show_progress=not args.quiet, dry_run=args.dry_run)
+        if args.ray is None:
+            outcome = run_sweep(sweep, show_progress=not args.quiet, dry_run=args.dry_run)
+        else:
+            with sweep_ray.connected(args.ray or None) as ray:
+                sweep = replace(sweep, points=sweep_ray.resolve_on_cluster(ray, sweep.points))
+                outcome = run_sweep(sweep, show_progress=not args.quiet, dry_run=args.dry_run,
+                                    execute=sweep_ray.on_ray(ray, run_point, args.ray_cpus_per_point))
         if not args.dry_run:
             print(f"sweep {sweep.name}: {outcome['ran']} run, {outcome['skipped']} skipped (already complete), "
                   f"{len(outcome['failed'])} failed, {outcome['seconds'] / 60:.1f} min; table: "
@@ -272,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"failed: {line}", file=sys.stderr)
         return 1 if outcome["failed"] else 0
 
-    return run_command(body, (SweepError, *USER_ERRORS), "completed runs are kept; run the same command to resume")
+    return run_command(body, (SweepError, sweep_ray.ClusterError, *USER_ERRORS), "completed runs are kept; run the same command to resume")
 
 
 if __name__ == "__main__":

@@ -87,3 +87,14 @@ def write_scifact_slice(root: Path, n_queries: int, n_distractors: int) -> Path:
     qrels = [(q, d, s) for q in qids for d, s in full.qrels[q].items()]
     return write_beir(root, corpus, queries, qrels)
 
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test run (2 CPUs, quiet, a small object store), shut down at the end;
+    the sweep's tasks put this checkout on their workers' path themselves (benchmarks/sweep_ray.py)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             object_store_memory=80 * 1024 * 1024)
+    yield ray
+    ray.shutdown()

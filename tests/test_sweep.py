@@ -4,12 +4,17 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from benchmarks.pipeline import record
+from benchmarks.pipeline.record import RunConfig
+from benchmarks.pipeline.results import locked
+from benchmarks.pipeline.runner import run_benchmark
 from benchmarks.sweep import load_sweep, main, run_sweep, select_perturbations
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,6 +66,12 @@ def test_grid_runs_and_resumes_without_redoing_finished_runs(tiny_dataset, tmp_p
 
     again = run_sweep(load_sweep(cfg, str(out)), show_progress=False)  # a third time: nothing left to do
     assert again["ran"] == 0 and again["skipped"] == 5
+
+    # The table the sweeps added to, run by run, is the one a rebuild from every run directory gives.
+    added, added_csv = pd.read_parquet(out / "runs.parquet"), (out / "runs.csv").read_text()
+    record.write_table(out)
+    pd.testing.assert_frame_equal(added, pd.read_parquet(out / "runs.parquet"), check_exact=True)
+    assert added_csv == (out / "runs.csv").read_text()
 
 
 def test_sweep_killed_inside_a_run_resumes_that_run_only(tiny_dataset, tmp_path):
@@ -158,3 +169,66 @@ def test_perturbations_option_runs_part_of_the_grid(tiny_dataset, tmp_path, caps
     assert run_sweep(load_sweep(cfg, str(out)), show_progress=False, dry_run=True)["skipped"] == 1
     assert main([str(cfg), "--output-dir", str(out), "--perturbations", "prune:0.5"]) == 2
     assert "prune:0.5 not in the grid" in capsys.readouterr().err
+
+
+def bm25_runs(tiny_dataset, out, perturbations):
+    return [run_benchmark(RunConfig(encoder="bm25", dataset=str(tiny_dataset), perturbation=p, output_dir=str(out),
+                                    run_id="t", latency_queries=2, show_progress=False)).path for p in perturbations]
+
+
+def test_runs_table_is_added_to_not_rebuilt(tiny_dataset, tmp_path, capsys):
+    """Adding runs one by one gives the table a rebuild gives (rows in run-directory order, the same
+    column types, the same CSV), reading the table and the new runs only, not every run's summary. The
+    table is rebuilt whole when asked (--rebuild-table), or when it is missing, damaged or has other columns."""
+    out = tmp_path / "results"
+    (first,) = bm25_runs(tiny_dataset, out, ["clean"])
+    record.write_table(out)
+    third, second = bm25_runs(tiny_dataset, out, ["truncate:head:8", "token-shuffle"])
+    record.add_to_table(out, [third])  # out of order, and the first value in a column that was empty
+    record.add_to_table(out, [second])
+    added, added_csv = pd.read_parquet(out / "runs.parquet"), (out / "runs.csv").read_text()
+    record.write_table(out)
+    pd.testing.assert_frame_equal(added, pd.read_parquet(out / "runs.parquet"), check_exact=True)
+    assert added_csv == (out / "runs.csv").read_text()
+    assert added["path"].tolist() == list(map(str, [first, second, third]))
+
+    (first / "summary.json").write_text("{")  # now unreadable: a rebuild would leave its row out
+    record.add_to_table(out, [third])
+    table = pd.read_parquet(out / "runs.parquet")
+    assert table["path"].tolist() == list(map(str, [first, second, third]))  # first's row kept: not re-read
+    assert table.loc[table.path == str(third), "truncate_tokens"].tolist() == [8]
+
+    pd.read_parquet(out / "runs.parquet").drop(columns=["ndcg@10"]).to_parquet(out / "runs.parquet")
+    record.add_to_table(out, [third])  # columns of another version: rebuilt from every readable run
+    table = pd.read_parquet(out / "runs.parquet")
+    assert "ndcg@10" in table and table["path"].tolist() == sorted(map(str, [second, third]))
+
+    for damage in (b"not parquet", None):
+        (out / "runs.parquet").write_bytes(damage) if damage else (out / "runs.parquet").unlink()
+        record.add_to_table(out, [])
+        assert pd.read_parquet(out / "runs.parquet")["path"].tolist() == sorted(map(str, [second, third]))
+
+    (first / "summary.json").unlink()
+    (out / "runs.parquet").unlink()
+    (out / "runs.csv").write_text("stale")
+    cfg = write_config(tmp_path, tiny_dataset.parent, f"name: t\noutput_dir: {out}\ndatasets: [tiny]\n"
+                                                      "encoders: [{encoder: bm25}]\n")
+    assert main([str(cfg), "--rebuild-table"]) == 0
+    assert capsys.readouterr().out.strip() == f"runs table: {out / 'runs.parquet'}"
+    assert len(pd.read_parquet(out / "runs.parquet")) == 2 and (out / "runs.csv").read_text().count("\n") == 3
+
+
+def test_runs_table_has_one_writer_at_a_time(tiny_dataset, tmp_path):
+    """Sweeps writing into one results directory take turns at the table (a flock), so neither loses
+    the other's row."""
+    out = tmp_path / "results"
+    first, second = bm25_runs(tiny_dataset, out, ["clean", "token-shuffle"])
+    record.write_table(out)
+    (out / "runs.parquet").unlink()  # the waiting writer must rebuild, seeing both runs
+    with locked(out / record.TABLE_LOCK):
+        writer = threading.Thread(target=record.add_to_table, args=(out, [second]))
+        writer.start()
+        writer.join(0.5)
+        assert writer.is_alive() and not (out / "runs.parquet").exists()  # waiting for the lock
+    writer.join(10)
+    assert len(pd.read_parquet(out / "runs.parquet")) == 2

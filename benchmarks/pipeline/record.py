@@ -31,10 +31,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from .. import perturbations
 from .metrics import METRICS
-from .results import Staging, atomic_dir, stage_run  # noqa: F401 (atomic_dir: the analysis writes reports with it)
+from .results import Staging, atomic_dir, locked, stage_run  # noqa: F401 (atomic_dir: the analysis writes reports with it)
 
 SCHEMA = 2
 # RunConfig fields that say where things are or how the run is shown, not what it computes.
@@ -282,7 +283,17 @@ def collect(results_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
             rows.append(flatten(upgrade(json.loads((d / "summary.json").read_text())), d))
         except (OSError, ValueError, KeyError, TypeError, AttributeError, perturbations.PerturbationError) as e:
             problems.append(f"{d / 'summary.json'}: {type(e).__name__}: {e}")
-    return pd.DataFrame(rows), problems
+    return table_frame(rows), problems
+
+
+def table_frame(rows: list[dict]) -> pd.DataFrame:
+    """The runs table from its rows, in `run_dirs` order, column types inferred from the values: the
+    same frame whether the rows came from the summaries or back from the table file."""
+    return pd.DataFrame(sorted(rows, key=lambda r: Path(r["path"]).parts))
+
+
+# -- the runs table: <results>/runs.parquet + runs.csv, one row per run ----------------------------
+TABLE, TABLE_CSV, TABLE_LOCK = "runs.parquet", "runs.csv", ".runs.lock"
 
 
 def _replace(path: Path, write_fn) -> None:
@@ -296,14 +307,46 @@ def _replace(path: Path, write_fn) -> None:
         raise
 
 
+def _write_frame(root: Path, frame: pd.DataFrame) -> Path:
+    _replace(root / TABLE, lambda p: frame.to_parquet(p, index=False))
+    _replace(root / TABLE_CSV, lambda p: frame.to_csv(p, index=False))
+    return root / TABLE
+
+
 def write_table(results_dir: str | Path) -> Path:
-    """Rebuild `<results>/runs.parquet` and `runs.csv` atomically from every run; returns the parquet path."""
+    """Rebuild the runs table from every run under `results_dir` (each file replaced atomically);
+    returns the parquet path."""
     root = Path(results_dir)
-    frame, _ = collect(root)
     root.mkdir(parents=True, exist_ok=True)
-    _replace(root / "runs.parquet", lambda p: frame.to_parquet(p, index=False))
-    _replace(root / "runs.csv", lambda p: frame.to_csv(p, index=False))
-    return root / "runs.parquet"
+    with locked(root / TABLE_LOCK):  # one writer of the table at a time, whatever process
+        return _write_frame(root, collect(root)[0])
+
+
+def add_to_table(results_dir: str | Path, dirs) -> Path:
+    """Put these runs' rows into the runs table (replacing rows of the same run directory), reading
+    the table and their summaries only, not every run's: a sweep adds each run as it finishes. The
+    table is rebuilt from every run when it is missing, cannot be read, or its columns are not the
+    ones `flatten` gives today."""
+    root = Path(results_dir)
+    rows = {}
+    for d in dirs:
+        d = root / Path(d).resolve().relative_to(root.resolve())  # the path as a rebuild would write it
+        try:
+            rows[str(d)] = flatten(upgrade(json.loads((d / "summary.json").read_text())), d)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, perturbations.PerturbationError):
+            pass  # unreadable: not a complete run (collect skips it too)
+    root.mkdir(parents=True, exist_ok=True)
+    with locked(root / TABLE_LOCK):
+        try:
+            table = pd.read_parquet(root / TABLE)
+        except (OSError, ValueError, pa.ArrowException):  # missing or damaged
+            return _write_frame(root, collect(root)[0])
+        if not rows:
+            return root / TABLE
+        if list(table.columns) != list(next(iter(rows.values()))):  # written by a version with other columns
+            return _write_frame(root, collect(root)[0])
+        kept = [r for r in table.to_dict("records") if r["path"] not in rows]
+        return _write_frame(root, table_frame(kept + list(rows.values())))
 
 
 def is_number(value) -> bool:

@@ -129,6 +129,19 @@ def atomic_dir(target: Path):
     stage.commit()
 
 
+@contextmanager
+def locked(path: Path):
+    """Hold an exclusive flock on the file `path` (created if missing) for the block: one process at a
+    time updates what it guards (e.g. the runs table, which sweeps writing into one results directory
+    share)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def remove_stale(paths) -> list[Path]:
     """Remove the temporary directories among `paths` whose writer is gone (its lock can be taken, or
     it has no lock file); a live writer's are kept. -> the directories removed."""
