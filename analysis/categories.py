@@ -42,7 +42,7 @@ TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’-]*")
 
 ORDER = {  # feature -> bucket labels in display order
     "query_words": ["1-3", "4-7", "8-15", "16+"],
-    "lexical_overlap": ["0-0.25", "0.25-0.5", "0.5-0.75", "0.75-1"],
+    "lexical_overlap": ["<0.25", "0.25 to <0.5", "0.5 to <0.75", ">=0.75"],
     "num_relevant": ["1", "2-3", "4-10", "11+"],
     "top_grade": ["1", "2", "3", "4"],
     "relevant_doc_words": ["<100", "100-199", "200-299", "300+"],

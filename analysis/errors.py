@@ -117,22 +117,6 @@ class Family:
         return self.parts.get(name, pd.DataFrame())
 
 
-def compare(pairs: list[tuple[str, str, str]], per_query: pd.DataFrame, n_resamples: int = 9999,
-            seed: int = 0) -> pd.DataFrame:
-    """One row per (name, path_a, path_b): paired_test of run a against run b on their common queries,
-    with p-values Holm-corrected across all the pairs given (one family)."""
-    scores = per_query.pivot(index="qid", columns="path", values=METRIC) if len(per_query) else pd.DataFrame()
-    rows = []
-    for i, (name, a, b) in enumerate(pairs):
-        both = scores[[a, b]].dropna()
-        rows.append(dict(comparison=name, path=a, reference=b,
-                         **paired_test(both[a], both[b], n_resamples=n_resamples, seed=seed + i)))
-    out = pd.DataFrame(rows)
-    if len(out):
-        out["p_holm"] = holm(out["p"])
-    return out
-
-
 def compare_configs(comparisons: list[tuple[str, list[tuple[str, pd.DataFrame, pd.DataFrame]]]],
                     per_query: pd.DataFrame, n_resamples: int = 9999, seed: int = 0) -> pd.DataFrame:
     """Architecture comparisons that account for seeds and queries. Each comparison is (name, parts),
@@ -146,7 +130,7 @@ def compare_configs(comparisons: list[tuple[str, list[tuple[str, pd.DataFrame, p
         a, b, strata, deltas = [], [], [], {}
         for stratum, model_runs, ref_runs in parts:
             m, r = seeds.seed_scores(per_query, model_runs), seeds.seed_scores(per_query, ref_runs)
-            both = pd.DataFrame({"a": m.mean(axis=1), "b": r.mean(axis=1)}).dropna()
+            both = pd.DataFrame({"a": m.mean(axis=1), "b": r.mean(axis=1)}).dropna().sort_index()  # qid order
             a.append(both["a"].to_numpy())
             b.append(both["b"].to_numpy())
             strata += [stratum] * len(both)

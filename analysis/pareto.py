@@ -68,7 +68,7 @@ def across_datasets(runs: pd.DataFrame, x: str, y: str) -> tuple[pd.DataFrame, l
     out = out.assign(**{x: per_dataset[x].mean(), f"{x}_std": np.sqrt((per_dataset[f"{x}_std"].apply(np.square)).mean()),
                         y: over_seeds["mean"],
                         f"{y}_low": over_seeds["low"], f"{y}_high": over_seeds["high"], "seeds": over_seeds["seeds"],
-                        "dataset": "mean of " + ", ".join(datasets), "config_key": out.index})
+                        "repeats": runs.groupby("setup_key").size(), "dataset": "mean of " + ", ".join(datasets), "config_key": out.index})
     return out.reset_index(), datasets
 
 

@@ -67,13 +67,15 @@ def seed_scores(per_query: pd.DataFrame, runs: pd.DataFrame, metric: str = "ndcg
 
 def seed_deltas(model: pd.DataFrame, reference: pd.DataFrame) -> pd.Series:
     """seed -> the model's mean per-query difference from the reference on their common queries, for
-    each seed of the model: against the reference's run of the same seed when it has several seeds
+    each seed of the model: against the reference's run of the same seed when both have several seeds
     (a student of seed s shares its training data order with the reference student of seed s),
-    otherwise against the reference's seed average. model, reference: `seed_scores` frames."""
+    otherwise against the reference's seed average (a model run once, like BM25, has no seed to
+    pair). model, reference: `seed_scores` frames."""
     common = model.index.intersection(reference.index)
     ref_avg = reference.loc[common].mean(axis=1)
     out = {}
     for seed in model.columns:
-        ref = reference.loc[common, seed] if seed in reference.columns and reference.shape[1] > 1 else ref_avg
+        paired = seed in reference.columns and reference.shape[1] > 1 and model.shape[1] > 1
+        ref = reference.loc[common, seed] if paired else ref_avg
         out[seed] = float((model.loc[common, seed] - ref).mean())
     return pd.Series(out, dtype=float)
