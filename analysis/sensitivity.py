@@ -185,12 +185,18 @@ def quantile_buckets(values: pd.Series, n: int = 4) -> pd.Series:
 
 
 def plot_length_buckets(runs: pd.DataFrame, per_query: pd.DataFrame, out_dir, name: str = "doc_length"):
-    """Mean NDCG@10 of the clean runs (the newest of repeats) by quartile of the relevant documents'
-    length (words)."""
-    clean = latest_per_config(runs[runs["kind"] == "clean"])
-    pq = per_query[per_query["path"].isin(clean["path"])]
+    """Mean NDCG@10 of the clean configurations (per-query scores averaged over their runs: seeds
+    and repeats) by quartile of the relevant documents' length (words)."""
+    all_clean = runs[runs["kind"] == "clean"]
+    pq = per_query[per_query["path"].isin(all_clean["path"])]
     if "relevant_doc_words" not in pq.columns or pq["relevant_doc_words"].notna().sum() == 0:
         return None, "per_query.csv has no relevant_doc_words (runs made before it existed): length buckets skipped"
+    # One line per configuration: the newest run stands for it (its name, style), and `path` now
+    # means that run, its per-query scores being the configuration's mean over runs.
+    clean = latest_per_config(all_clean)
+    stand_in = all_clean["config_key"].map(clean.set_index("config_key")["path"])
+    pq = (pq.assign(path=pq["path"].map(dict(zip(all_clean["path"], stand_in))))
+          .groupby(["path", "qid"], as_index=False).agg({"ndcg@10": "mean", "relevant_doc_words": "first"}))
     datasets = sorted(clean["dataset"].unique())
     fig, axes = plots.subplots(len(datasets), width=7.5, height=4.2)
     rows = []

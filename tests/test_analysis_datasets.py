@@ -206,7 +206,7 @@ def test_report_per_dataset_pooled_with_seed_intervals(multi, tmp_path):
         f"pooled (nfcorpus, scifact): {m} − shared-bert tiny" for m in ("shared-mamba tiny", bm25["model"])}
     assert f"Holm-corrected over all **{len(sig)}** tests in this report" in md
     pooled = sig.set_index("comparison").loc["pooled (nfcorpus, scifact): shared-mamba tiny − shared-bert tiny"]
-    a, b, strata = seed_averaged(root, "shared-mamba"), seed_averaged(root, "shared-bert"), []
+    a, b = seed_averaged(root, "shared-mamba"), seed_averaged(root, "shared-bert")
     pairs = pd.concat({d: pd.DataFrame({"a": a[d], "b": b[d]}).sort_index() for d in ("nfcorpus", "scifact")})
     direct = paired_test(pairs["a"], pairs["b"], n_resamples=999, seed=100_000 + list(sig["comparison"]).index(pooled.name),
                          strata=pairs.index.get_level_values(0))
