@@ -120,7 +120,7 @@ def _verb_cue(low: list[str]) -> bool:
     return False
 
 
-def _stemmer():
+def stemmer():
     import Stemmer  # PyStemmer: the Snowball stemmer bm25s uses too
 
     return Stemmer.Stemmer("english")
@@ -141,7 +141,7 @@ def features(dataset) -> pd.DataFrame:
     (columns `<feature>` and `<feature>_bucket`), plus the query text."""
     from encoders.base import title_text  # the title + text rule (a function; no model is loaded)
 
-    stem = _stemmer()
+    stem = stemmer()
     rows = {}
     for qid, text in dataset.queries.items():
         judged = {d: g for d, g in dataset.qrels.get(qid, {}).items() if g > 0}

@@ -1,27 +1,23 @@
 """Per-query error analysis against a reference run, and paired significance tests.
 
-Every comparison pairs two runs on the same dataset query by query (NDCG@10 per query), tests the
-mean difference with a paired sign-flip permutation test (`scipy.stats.permutation_test`,
-permutation_type="samples": under H0 each query's two scores are exchangeable), reports a bootstrap
-CI of the mean difference and Cohen's d_z, and Holm-corrects the p-values across the comparisons of
-one family. Everything random is seeded.
+Every comparison pairs two configurations query by query (NDCG@10 per query, averaged over each
+one's seeds), tests the mean difference with a paired sign-flip permutation test
+(`scipy.stats.permutation_test`, permutation_type="samples": under H0 each query's two scores are
+exchangeable), stratified by dataset when pooled over several, reports a bootstrap CI of the mean
+difference, Cohen's d_z and the spread over seeds, and Holm-corrects the p-values across one family
+(every test of a report: `Family`). Everything random is seeded.
 """
 
 from __future__ import annotations
-
-import re
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from . import plots, seeds
+from . import categories, plots, seeds
 from .sensitivity import quantile_buckets
 
 METRIC = "ndcg@10"
-STOPWORDS = frozenset("a an and are as at be by do does for from how in is it of on or that the this to was what "
-                      "when where which who why with".split())
-
 
 def holm(pvalues) -> np.ndarray:
     """Holm-Bonferroni adjusted p-values (step-down; controls the family-wise error rate)."""
@@ -144,10 +140,6 @@ def compare_configs(comparisons: list[tuple[str, list[tuple[str, pd.DataFrame, p
     return pd.DataFrame(rows)
 
 
-def words(text: str) -> set[str]:
-    return {w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in STOPWORDS}
-
-
 def query_features(per_query_ref: pd.DataFrame, dataset) -> pd.DataFrame:
     """Complexity proxies per query (index qid): query length, number of relevant documents, and, when
     the dataset's texts are at hand, lexical overlap of query and relevant documents and their length."""
@@ -161,12 +153,13 @@ def query_features(per_query_ref: pd.DataFrame, dataset) -> pd.DataFrame:
     from encoders.base import title_text  # the title + text rule (a function; no model is loaded)
 
     f["query_length"] = [len(dataset.queries[q].split()) if q in dataset.queries else np.nan for q in f.index]
+    stem = categories.stemmer()  # lexical overlap as the category analysis defines it
     overlap, length = [], []
     for q in f.index:
         rel = [dataset.corpus[d] for d, s in dataset.qrels.get(q, {}).items() if s > 0 and d in dataset.corpus]
         texts = [title_text(d) for d in rel]
-        qw = words(dataset.queries.get(q, ""))
-        dw = set().union(*(words(t) for t in texts)) if texts else set()
+        qw = categories.terms(dataset.queries.get(q, ""), stem)
+        dw = set().union(*(categories.terms(t, stem) for t in texts)) if texts else set()
         overlap.append(len(qw & dw) / len(qw) if qw and texts else np.nan)
         length.append(np.mean([len(t.split()) for t in texts]) if texts else np.nan)
     f["lexical_overlap"] = overlap
@@ -178,7 +171,7 @@ def query_features(per_query_ref: pd.DataFrame, dataset) -> pd.DataFrame:
 PROXIES = {  # feature -> axis title
     "query_length": "query length (words; tokens without the dataset text)",
     "num_relevant": "relevant documents per query",
-    "lexical_overlap": "share of query words found in its relevant documents",
+    "lexical_overlap": "share of query terms (stemmed) found in its relevant documents",
     "relevant_doc_words": "mean length of relevant documents (words)",
 }
 

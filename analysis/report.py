@@ -351,7 +351,8 @@ def section_categories(md: list[str], plan: Comparisons, texts: dict) -> None:
               "dataset's queries together (its `datasets` column says which datasets fill a bucket: a bucket "
               "filled by one dataset shows that dataset, not a category effect).\n")
     for feature in categories.ORDER:
-        t = table[table["feature"] == feature].sort_values(["scope", "model", "rank"])
+        t = table[table["feature"] == feature]
+        t = t.assign(_pooled=t["scope"] == "pooled").sort_values(["_pooled", "scope", "model", "rank"])  # pooled last
         if t.empty:
             continue
         shown = t.assign(**{"mean Δ": t["mean_diff"], "W/L/T": [f"{w}/{l}/{x}" for w, l, x in
