@@ -340,6 +340,9 @@ def section_categories(md: list[str], plan: Comparisons, texts: dict) -> None:
     feats = pd.concat({d: categories.features(texts[d]) for d in sorted(texts)}, names=["dataset", "qid"])
     diffs = diffs.drop(columns=[c for c in ("query",) if c in diffs])
     table = categories.by_category(diffs, feats)
+    if table.empty:
+        md.append("No compared query is among the dataset's judged test queries: categories skipped.\n")
+        return
     md.append("Categories (analysis/categories.py; the query type by the rules of `categories.query_type`), and how "
               "many test queries fall in each:\n\n")
     counts = pd.concat({f: feats[f"{f}_bucket"].groupby(level="dataset").value_counts().unstack(fill_value=0)
