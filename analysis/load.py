@@ -4,7 +4,9 @@
     runs       one row per run: the columns of `benchmarks.pipeline.record.flatten` (identity, group,
                base, kind: clean | model | input | mixed, ...), plus arch (encoder name), model (what a
                plot calls it), params (after pruning), config_key (the record's group: runs sharing
-               it are repeats of one configuration) and base_key (the group of its unperturbed run)
+               it are repeats of one configuration, over seeds: analysis/seeds.py), base_key (the
+               group of its unperturbed run) and setup_key (the group without the dataset: one
+               configuration across datasets)
     per_query  one row per (run path, judged query): the run's per_query.csv
     summaries  path -> summary.json
     problems   one line per run that was skipped: "<path>: <what is wrong>"
@@ -59,6 +61,9 @@ def _derive(row: dict, summary: dict) -> dict:
     row["arch"] = row["encoder"]
     variant = row.get("label") or row.get("preset") or (Path(str(row["checkpoint"])).name if row.get("checkpoint") else "")
     bi = f" bi-{cfg['bidirectional']}" if cfg.get("bidirectional") else ""
+    checkpoint = str(row.get("checkpoint") or "")
+    if "{seed}" in checkpoint:  # one checkpoint per seed: name the configuration, not one seed's directory
+        variant = Path(checkpoint).name.replace("-seed{seed}", "").replace("{seed}", "")
     variant = "" if variant == row["encoder"] else variant  # bm25's label is "bm25"
     variant = variant.removeprefix(f"{row['encoder']}-")  # checkpoint "mamba-small-..." -> "mamba small-..."
     row["model"] = f"{row['encoder']} {variant}{bi}".strip()
@@ -68,6 +73,7 @@ def _derive(row: dict, summary: dict) -> dict:
     # Repeats are runs of one group: the same resolved configuration but for run id and seed (the seed of
     # an untrained preset changes its weights, so repeats over seeds show that spread too).
     row["config_key"], row["base_key"] = row["group"], row["base"]
+    row["setup_key"] = record.setup(summary["config"])  # the configuration across datasets
     return row
 
 

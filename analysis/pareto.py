@@ -7,9 +7,10 @@ tied on one axis only the one better on the other stays.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
-from . import plots
+from . import plots, seeds
 
 BETTER = ("lower", "higher")
 
@@ -30,19 +31,45 @@ def pareto_frontier(frame: pd.DataFrame, x: str, y: str, x_better: str = "lower"
     return data[~dominated].sort_values([x, y], kind="stable")
 
 
-def aggregate_repeats(runs: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """One row per configuration: mean and standard deviation of x and y over its repeated runs. A
-    configuration run once still gets a latency spread: the standard deviation of its own timing
-    repeats' p50s (`query_p50_ms_spread`, recorded by every run)."""
-    g = runs.groupby("config_key", sort=False)
-    first = g.head(1).set_index("config_key")
+def aggregate_repeats(runs: pd.DataFrame, x: str, y: str, by: str = "config_key") -> pd.DataFrame:
+    """One row per configuration (`by`): y as its mean over seeds with a 95% t-interval (`{y}_low`,
+    `{y}_high`; none for one seed: analysis/seeds.py), `seeds`, and x as the mean over its runs with
+    their standard deviation; a configuration run once still gets a latency spread: the standard
+    deviation of its own timing repeats' p50s (`query_p50_ms_spread`, recorded by every run)."""
+    g = runs.groupby(by, sort=False)
+    first = g.head(1).set_index(by)
     x_std = g[x].std()
     if f"{x}_spread" in runs:  # within-run repeats where there is only one run
-        spread = pd.to_numeric(runs[f"{x}_spread"], errors="coerce").groupby(runs["config_key"], sort=False).mean()
+        spread = pd.to_numeric(runs[f"{x}_spread"], errors="coerce").groupby(runs[by], sort=False).mean()
         x_std = x_std.fillna(spread)
-    out = first.assign(**{x: g[x].mean(), y: g[y].mean(), f"{x}_std": x_std, f"{y}_std": g[y].std(),
-                          "repeats": g.size()})
+    over_seeds = seeds.summarise(runs, y, by)
+    out = first.assign(**{x: g[x].mean(), y: over_seeds["mean"], f"{x}_std": x_std, f"{y}_std": g[y].std(),
+                          f"{y}_low": over_seeds["low"], f"{y}_high": over_seeds["high"],
+                          "seeds": over_seeds["seeds"], "repeats": g.size()})
     return out.reset_index()
+
+
+def across_datasets(runs: pd.DataFrame, x: str, y: str) -> tuple[pd.DataFrame, list[str]]:
+    """One row per setup (a configuration across datasets) present on every dataset of `runs`: y as
+    the mean of its per-dataset means, with a 95% t-interval over seeds (per seed, the mean over
+    datasets), x as the mean of its per-dataset values, with the root mean square of their spreads
+    (the datasets' latencies differ by query length: that is not noise). Returns (rows, datasets)."""
+    datasets = sorted(runs["dataset"].unique())
+    on = runs.groupby("setup_key")["dataset"].nunique()
+    runs = runs[runs["setup_key"].isin(on[on == len(datasets)].index)]
+    if runs.empty:
+        return pd.DataFrame(), datasets
+    per_seed = runs.assign(seed=runs["seed"].fillna(0)).groupby(["setup_key", "seed", "dataset"])[y].mean()
+    complete = per_seed.groupby(["setup_key", "seed"]).size() == len(datasets)  # seeds run on every dataset
+    seed_means = per_seed.groupby(["setup_key", "seed"]).mean()[complete].rename(y).reset_index()
+    over_seeds = seeds.summarise(seed_means, y, "setup_key")
+    per_dataset = aggregate_repeats(runs, x, y).groupby("setup_key")
+    out = runs.groupby("setup_key", sort=False).head(1).set_index("setup_key")
+    out = out.assign(**{x: per_dataset[x].mean(), f"{x}_std": np.sqrt((per_dataset[f"{x}_std"].apply(np.square)).mean()),
+                        y: over_seeds["mean"],
+                        f"{y}_low": over_seeds["low"], f"{y}_high": over_seeds["high"], "seeds": over_seeds["seeds"],
+                        "repeats": runs.groupby("setup_key").size(), "dataset": "mean of " + ", ".join(datasets), "config_key": out.index})
+    return out.reset_index(), datasets
 
 
 DTYPE_SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
@@ -64,16 +91,27 @@ AXES = {  # x column -> (axis title, which direction is better)
 }
 
 
-def plot_frontier(runs: pd.DataFrame, x: str, out_dir, name: str, y: str = "ndcg@10"):
-    """One panel per dataset: every configuration (error bars over repeated runs; latency also over a
-    run's own timing repeats), the frontier as a step
-    line. Returns (figure file name, frontier rows, labels left out to avoid overlap)."""
+def frontier_points(runs: pd.DataFrame, x: str, y: str = "ndcg@10", pooled: bool = False) -> list:
+    """[(panel title, one row per configuration)]: one panel per dataset, or (pooled) one panel of
+    the configurations present on every dataset, averaged over them."""
+    runs = runs[runs[x].notna()]
+    if pooled:
+        points, datasets = across_datasets(runs, x, y)
+        return [(f"mean over {', '.join(datasets)}", points)] if len(points) else []
+    return [(dataset, aggregate_repeats(runs[runs["dataset"] == dataset], x, y))
+            for dataset in sorted(runs["dataset"].unique())]
+
+
+def plot_frontier(runs: pd.DataFrame, x: str, out_dir, name: str, y: str = "ndcg@10", pooled: bool = False):
+    """One panel per dataset (small multiples; `pooled`: one panel of the mean over datasets): every
+    configuration, with y error bars from its 95% t-interval over seeds and x error bars from the
+    spread of its latency (over its runs, or its own timing repeats), the frontier as a step line.
+    Returns (figure file name, frontier rows, labels left out to avoid overlap)."""
     title, better = AXES[x]
-    datasets = sorted(runs["dataset"].unique())
-    fig, axes = plots.subplots(len(datasets), width=7.5, height=5.0)
+    panels = frontier_points(runs, x, y, pooled)
+    fig, axes = plots.subplots(max(1, len(panels)), width=7.5, height=5.0)
     frontier_rows, labels, omitted = [], [], 0
-    for ax, dataset in zip(axes, datasets):
-        points = aggregate_repeats(runs[(runs["dataset"] == dataset) & runs[x].notna()], x, y)
+    for ax, (panel, points) in zip(axes, panels):
         if points.empty:
             ax.set_visible(False)
             continue
@@ -81,23 +119,23 @@ def plot_frontier(runs: pd.DataFrame, x: str, out_dir, name: str, y: str = "ndcg
         frontier_rows.append(front)
         for arch, group in points.groupby("arch", sort=True):
             color, marker = plots.arch_style(arch)
-            ax.errorbar(group[x], group[y], xerr=group[f"{x}_std"].fillna(0),
-                        yerr=group[f"{y}_std"].fillna(0).where(group["repeats"] > 1), fmt=marker, color=color,
+            yerr = [(group[y] - group[f"{y}_low"]).fillna(0), (group[f"{y}_high"] - group[y]).fillna(0)]
+            ax.errorbar(group[x], group[y], xerr=group[f"{x}_std"].fillna(0), yerr=yerr, fmt=marker, color=color,
                         ms=7, capsize=3, label=arch, ls="none", mec="black", mew=0.5, zorder=3)
         # "post"/"pre": the best quality reachable within a latency budget (or above a throughput floor).
         ax.step(front[x], front[y], where="post" if better == "lower" else "pre", color="0.3", ls="--", lw=1,
                 marker="o", ms=15, mfc="none", mec="0.3", zorder=2, label="Pareto frontier")  # ringed points
         ax.set_xscale("log")
         lo, hi = (points[x] - points[f"{x}_std"].fillna(0)).min(), (points[x] + points[f"{x}_std"].fillna(0)).max()
-        ax.set_xlim(lo / 1.4, hi * 1.4)  # a one-point plot gets a sensible range too
+        ax.set_xlim(max(lo, points[x].min() / 3) / 1.4, hi * 1.4)  # a one-point plot gets a sensible range too
         plots.plain_log_ticks(ax.xaxis)
         ax.set_xlabel(title + (", better ←" if better == "lower" else ", better →"))
-        ax.set_ylabel(f"{y.upper()} (higher is better)")
-        ax.set_ylim(bottom=min(0, points[y].min()) - 0.02, top=max(points[y].max() * 1.1, 0.1))
+        ax.set_ylabel(f"{'mean ' if pooled else ''}{y.upper()} (higher is better)")
+        ax.set_ylim(bottom=min(0, points[y].min()) - 0.02, top=max(pd.concat([points[y], points[f"{y}_high"]]).max() * 1.1, 0.1))
         # One dtype for every point that has one (BM25 has none): say it once in the title, not on each label.
         dtypes = points["dtype"].dropna().unique()
         one_dtype = len(dtypes) == 1
-        ax.set_title(dataset + (f" (all runs {DTYPE_SHORT.get(dtypes[0], dtypes[0])})" if one_dtype else ""))
+        ax.set_title(panel + (f" (all runs {DTYPE_SHORT.get(dtypes[0], dtypes[0])})" if one_dtype else ""))
         ax.grid(True, which="both", alpha=0.3)
         # Frontier labels first, so that those are the ones kept when labels would collide.
         order = points.assign(_front=points["config_key"].isin(front["config_key"])).sort_values("_front", ascending=False)

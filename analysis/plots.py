@@ -18,6 +18,7 @@ EXTRA = [("tab:pink", "<"), ("tab:olive", ">"), ("tab:cyan", "h"), ("tab:gray", 
 
 
 def arch_style(arch: str) -> tuple[str, str]:
+    arch = arch.removeprefix("shared-")  # the shared-block family looks like its mixer's architecture
     if arch in ARCH_STYLES:
         return ARCH_STYLES[arch]
     return EXTRA[sum(map(ord, arch)) % len(EXTRA)]  # deterministic across runs, unlike hash()

@@ -37,7 +37,8 @@ def model_name(row, flagged: bool, many_datasets: bool) -> str:
 
 def plot_pruning(runs: pd.DataFrame, out_dir, floor: float = FLOOR, name: str = "pruning"):
     """Relative NDCG@10 against requested sparsity and against remaining parameters, one line per model
-    (its clean run is the point at sparsity 0). Returns (figure, table) or (None, reason)."""
+    (its clean run is the point at sparsity 0), one row of two panels per dataset. Returns (figure,
+    table) or (None, reason)."""
     rel = with_relative(runs, floor=floor)
     pruned = rel[(rel["kind"] == "model") & rel["prune_sparsity"].notna()]
     if pruned.empty:
@@ -52,35 +53,38 @@ def plot_pruning(runs: pd.DataFrame, out_dir, floor: float = FLOOR, name: str = 
     clean_rows = data[~is_prune].drop(columns="criterion").merge(lines, on="base_key")
     data = pd.concat([data[is_prune], clean_rows], ignore_index=True)
     data = data.groupby(["base_key", "criterion", "sparsity"], as_index=False).agg(
-        dataset=("dataset", "first"), model=("model", "first"), arch=("arch", "first"), dtype=("dtype", "first"),
+        dataset=("dataset", "first"), setup_key=("setup_key", "first"), model=("model", "first"), arch=("arch", "first"), dtype=("dtype", "first"),
         name=("name", "first"), ndcg=("ndcg@10", "mean"), clean=("clean", "first"), relative=("relative", "mean"),
         flagged=("flagged", "first"), realised=("prune_realised", "mean"), params=("params", "mean"))
-    many = data["dataset"].nunique() > 1
     good = data.loc[~data["flagged"], "relative"].dropna()
     top = max(1.1, good.max() * 1.05) if len(good) else 1.5
-    fig, (ax_s, ax_p) = plots.subplots(2, width=6.0, height=4.2, ncols=2)
+    datasets = sorted(data["dataset"].unique())
+    fig, axes = plots.subplots(2 * len(datasets), width=6.0, height=4.2, ncols=2)
     styles = plots.model_styles(data)
-    for (key, criterion), g in data.groupby(["base_key", "criterion"], sort=True):
-        g = g.sort_values("sparsity")
-        flagged = bool(g["flagged"].iloc[0])
-        color, marker, ls = styles[g["name"].iloc[0]]
-        ls = ls if criterion == "magnitude" else "--"
-        color, ls = ("0.6", ":") if flagged else (color, ls)
-        y = g["relative"].clip(upper=top) if flagged else g["relative"]  # keep a flagged ~0/0 ratio on the axes
-        label = model_name(g.iloc[0], flagged, many) + ("" if criterion == "magnitude" else f" ({criterion})")
-        z = 2 if flagged else 3  # flagged models behind the meaningful ones
-        ax_s.plot(g["sparsity"], y, marker=marker, color=color, ls=ls, label=label, mec="black", mew=0.4, zorder=z)
-        ax_p.plot(g["params"] / 1e6, y, marker=marker, color=color, ls=ls, label=label, mec="black", mew=0.4,
-                  zorder=z)
-    for ax in (ax_s, ax_p):
-        ax.axhline(1.0, color="0.4", lw=0.8, ls=":")
-        ax.set_ylim(0, top)
-        ax.set_ylabel("NDCG@10 relative to the unpruned model")
-        ax.grid(True, alpha=0.3)
-    ax_s.set_xlabel("requested sparsity (fraction of prunable weights removed)")
-    ax_p.set_xlabel("parameters after pruning (millions)")
-    ax_p.invert_xaxis()  # fewer parameters to the right, like higher sparsity on the left panel
-    ax_p.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    for row, dataset in enumerate(datasets):
+        ax_s, ax_p = axes[2 * row], axes[2 * row + 1]
+        for (key, criterion), g in data[data["dataset"] == dataset].groupby(["base_key", "criterion"], sort=True):
+            g = g.sort_values("sparsity")
+            flagged = bool(g["flagged"].iloc[0])
+            color, marker, ls = styles[g["name"].iloc[0]]
+            ls = ls if criterion == "magnitude" else "--"
+            color, ls = ("0.6", ":") if flagged else (color, ls)
+            y = g["relative"].clip(upper=top) if flagged else g["relative"]  # keep a flagged ~0/0 ratio on the axes
+            label = model_name(g.iloc[0], flagged, False) + ("" if criterion == "magnitude" else f" ({criterion})")
+            z = 2 if flagged else 3  # flagged models behind the meaningful ones
+            ax_s.plot(g["sparsity"], y, marker=marker, color=color, ls=ls, label=label, mec="black", mew=0.4, zorder=z)
+            ax_p.plot(g["params"] / 1e6, y, marker=marker, color=color, ls=ls, label=label, mec="black", mew=0.4,
+                      zorder=z)
+        for ax in (ax_s, ax_p):
+            ax.axhline(1.0, color="0.4", lw=0.8, ls=":")
+            ax.set_ylim(0, top)
+            ax.set_ylabel("NDCG@10 relative to the unpruned model")
+            ax.set_title(dataset)
+            ax.grid(True, alpha=0.3)
+        ax_s.set_xlabel("requested sparsity (fraction of prunable weights removed)")
+        ax_p.set_xlabel("parameters after pruning (millions)")
+        ax_p.invert_xaxis()  # fewer parameters to the right, like higher sparsity on the left panel
+        ax_p.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     if data["flagged"].any():
         fig.supxlabel(FLAG_NOTE.format(floor=floor) + " Ratios above the axis are clipped to its top.",
                       fontsize=8, color="0.3")
@@ -90,7 +94,8 @@ def plot_pruning(runs: pd.DataFrame, out_dir, floor: float = FLOOR, name: str = 
 def plot_position(runs: pd.DataFrame, out_dir, floor: float = FLOOR, significance: pd.DataFrame | None = None,
                   name: str = "position"):
     """Heat map: rows are models, columns input perturbations, cells NDCG@10 relative to clean (and the
-    absolute score). A `*` marks a Holm-significant change when `significance` (path -> p_holm) is given."""
+    absolute score). A `*` marks a Holm-significant change when `significance` (columns config_key and
+    p_holm) is given."""
     rel = with_relative(runs, floor=floor)
     perturbed = rel[rel["kind"].isin(["input", "mixed"]) & rel["clean"].notna()]
     if perturbed.empty:
@@ -98,7 +103,7 @@ def plot_position(runs: pd.DataFrame, out_dir, floor: float = FLOOR, significanc
     many = perturbed["dataset"].nunique() > 1
     perturbed = perturbed.assign(row=[model_name(r, r["flagged"], many) for _, r in perturbed.iterrows()])
     if significance is not None and len(significance):
-        p = perturbed["path"].map(significance.set_index("path")["p_holm"])
+        p = perturbed["config_key"].map(significance.set_index("config_key")["p_holm"])
         perturbed = perturbed.assign(star=p < 0.05)
     else:
         perturbed = perturbed.assign(star=False)
@@ -142,8 +147,23 @@ def plot_position(runs: pd.DataFrame, out_dir, floor: float = FLOOR, significanc
     ax.set_title("\n".join(notes[:2]), fontsize=8)
     if len(notes) > 2:
         fig.supxlabel(notes[2], fontsize=8, color="0.3")
-    out = perturbed[["dataset", "name", "perturbation", "ndcg@10", "clean", "relative", "flagged", "path"]]
+    out = perturbed[["dataset", "name", "setup_key", "perturbation", "ndcg@10", "clean", "relative", "flagged", "path"]]
     return plots.save(fig, out_dir, name), out.sort_values(["dataset", "name", "perturbation"])
+
+
+def pooled_relative(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Relative NDCG@10 per model (`setup_key`) and `by`, averaged over the datasets, for the models
+    that have that condition on every dataset of `table` (columns dataset, name, setup_key, *by,
+    ndcg, relative); empty with one dataset."""
+    datasets = table["dataset"].nunique()
+    if datasets < 2:
+        return pd.DataFrame()
+    per = table.groupby(["setup_key", *by, "dataset"], as_index=False).agg(
+        name=("name", "first"), ndcg=("ndcg", "mean"), relative=("relative", "mean"))
+    g = per.groupby(["setup_key", *by], as_index=False).agg(name=("name", "first"), datasets=("dataset", "nunique"),
+                                                           ndcg=("ndcg", "mean"), relative=("relative", "mean"))
+    g = g[g["datasets"] == datasets].rename(columns={"ndcg": "mean NDCG@10", "relative": "mean relative"})
+    return g[["name", *by, "mean NDCG@10", "mean relative"]].sort_values(["name", *by])
 
 
 def _perturbation_order(name: str):
@@ -165,12 +185,18 @@ def quantile_buckets(values: pd.Series, n: int = 4) -> pd.Series:
 
 
 def plot_length_buckets(runs: pd.DataFrame, per_query: pd.DataFrame, out_dir, name: str = "doc_length"):
-    """Mean NDCG@10 of the clean runs (the newest of repeats) by quartile of the relevant documents'
-    length (words)."""
-    clean = latest_per_config(runs[runs["kind"] == "clean"])
-    pq = per_query[per_query["path"].isin(clean["path"])]
+    """Mean NDCG@10 of the clean configurations (per-query scores averaged over their runs: seeds
+    and repeats) by quartile of the relevant documents' length (words)."""
+    all_clean = runs[runs["kind"] == "clean"]
+    pq = per_query[per_query["path"].isin(all_clean["path"])]
     if "relevant_doc_words" not in pq.columns or pq["relevant_doc_words"].notna().sum() == 0:
         return None, "per_query.csv has no relevant_doc_words (runs made before it existed): length buckets skipped"
+    # One line per configuration: the newest run stands for it (its name, style), and `path` now
+    # means that run, its per-query scores being the configuration's mean over runs.
+    clean = latest_per_config(all_clean)
+    stand_in = all_clean["config_key"].map(clean.set_index("config_key")["path"])
+    pq = (pq.assign(path=pq["path"].map(dict(zip(all_clean["path"], stand_in))))
+          .groupby(["path", "qid"], as_index=False).agg({"ndcg@10": "mean", "relevant_doc_words": "first"}))
     datasets = sorted(clean["dataset"].unique())
     fig, axes = plots.subplots(len(datasets), width=7.5, height=4.2)
     rows = []

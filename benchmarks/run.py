@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="scifact", help="BEIR dataset name, or a path to a BEIR folder")
     p.add_argument("--split", default="test")
     p.add_argument("--data-dir", help="folder holding BEIR datasets (then $BEIR_DATA_DIR, then ./data)")
-    p.add_argument("--checkpoint", help="hub id or local directory (default: the encoder's own)")
+    p.add_argument("--checkpoint", help="hub id or local directory (default: the encoder's own); {seed} in it stands for --seed")
     p.add_argument("--preset", help="build a randomly initialised model at a shared size: tiny, small, base")
     p.add_argument("--encoder-module", help="import this module first, so its @register_encoder classes exist")
     p.add_argument("--max-length", type=int, help="tokens per text, truncating longer ones (default: the model's)")

@@ -9,11 +9,12 @@ output_dir: results
 datasets: [scifact]
 defaults: {max_length: 256}        # any RunConfig field (benchmarks/pipeline/record.py)
 seeds: [0, 1, 2]                   # optional repeat axis: each configuration once per seed
+                                   # (a checkpoint may name its seed: `.../student-seed{seed}`)
 perturbations: [clean, prune:0.5, sentence-shuffle]
 encoders:
   - {encoder: bert}
   - {encoder: mamba, preset: small}
-  - {encoder: bm25, perturbations: [clean]}          # per-encoder list
+  - {encoder: bm25, perturbations: [clean], seeds: [0]}   # per-encoder lists
 ```
 
 A run is complete when a run directory of this sweep (they appear atomically) records the same identity
@@ -85,9 +86,10 @@ def load_sweep(path: str | Path, output_dir: str | None = None) -> Sweep:
     points = []
     for i, entry in enumerate(spec["encoders"], 1):
         entry = dict(entry)
+        entry_seeds = check_seeds(entry.pop("seeds", seeds), lambda m: bad(f"encoders entry {i}: {m}"))
         for p in entry_perturbations(entry, spec.get("perturbations") or ["clean"], lambda m: bad(f"encoders entry {i}: {m}")):
             for ds in spec["datasets"]:
-                for seed in seeds:
+                for seed in entry_seeds:
                     try:
                         points.append(RunConfig(**{**defaults, **entry, "dataset": ds, "perturbation": p.name,
                                                    "seed": seed, "run_id": name, "output_dir": out}))
@@ -128,10 +130,14 @@ def read_spec(path: Path) -> dict:
     defaults = spec.get("defaults") or {}
     if not isinstance(defaults, dict) or set(defaults) - ENTRY_FIELDS:
         raise bad(f"'defaults' may only set RunConfig fields; unknown: {', '.join(sorted(set(defaults) - ENTRY_FIELDS))}")
-    seeds = spec.get("seeds", [0])  # the repeat axis: each configuration once per seed
+    check_seeds(spec.get("seeds", [0]), bad)  # the repeat axis: each configuration once per seed
+    return spec
+
+
+def check_seeds(seeds, bad) -> list[int]:
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise bad("'seeds' must be a non-empty list of integers (each configuration runs once per seed)")
-    return spec
+    return seeds
 
 
 def entry_perturbations(entry: dict, default: list, bad) -> list:
@@ -183,8 +189,8 @@ def select_perturbations(sweep: Sweep, specs: list[str], path) -> Sweep:
 
 
 def describe(cfg: RunConfig) -> str:
-    what = cfg.checkpoint or cfg.preset or "default"
-    return f"{cfg.encoder}({what}) {cfg.dataset} {cfg.perturbation}"
+    what = cfg.checkpoint_path() or cfg.preset or "default"
+    return f"{cfg.encoder}({what}) {cfg.dataset} {cfg.perturbation} seed {cfg.seed}"
 
 
 def run_sweep(sweep: Sweep, show_progress: bool = True, dry_run: bool = False, execute=None) -> dict:

@@ -74,12 +74,12 @@ def dtype_auto_is_float32(tmp_path_factory):
         yield
 
 
-def write_scifact_slice(root: Path, n_queries: int, n_distractors: int) -> Path:
-    """A BEIR folder with SciFact's first `n_queries` judged test queries, their judged documents and
-    the corpus's first `n_distractors` documents (skips without BEIR_DATA_DIR)."""
+def write_slice(name: str, root: Path, n_queries: int, n_distractors: int) -> Path:
+    """A BEIR folder with a shared dataset's first `n_queries` judged test queries, their judged
+    documents and the corpus's first `n_distractors` documents (skips without BEIR_DATA_DIR)."""
     from benchmarks.pipeline.data import load_dataset
 
-    full = load_dataset(str(shared_dataset("scifact")))
+    full = load_dataset(str(shared_dataset(name)))
     qids = list(full.qrels)[:n_queries]
     keep = {d for q in qids for d in full.qrels[q] if d in full.corpus} | set(list(full.corpus)[:n_distractors])
     corpus = [{"_id": d, **full.corpus[d]} for d in full.corpus if d in keep]
@@ -87,6 +87,9 @@ def write_scifact_slice(root: Path, n_queries: int, n_distractors: int) -> Path:
     qrels = [(q, d, s) for q in qids for d, s in full.qrels[q].items()]
     return write_beir(root, corpus, queries, qrels)
 
+
+def write_scifact_slice(root: Path, n_queries: int, n_distractors: int) -> Path:
+    return write_slice("scifact", root, n_queries, n_distractors)
 
 
 @pytest.fixture(scope="session")

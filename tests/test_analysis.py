@@ -230,7 +230,7 @@ def test_report_on_fabricated_results(tmp_path, capsys, monkeypatch):
         assert (out / f"{name}.png").stat().st_size > 1000 and (out / f"{name}.svg").is_file(), name
         assert f"({name}.png)" in md
     headings = [line for line in md.splitlines() if line.startswith("## ")]
-    assert [h.split()[1] for h in headings] == ["1.", "2.", "3.", "4.", "5."]
+    assert [h.split()[1] for h in headings] == ["1.", "2.", "3.", "4.", "5.", "6.", "7."]
     assert "†" in md  # untrained models flagged: clean NDCG@10 below the floor
     assert "mamba small − bert all-MiniLM-L6-v2" in md
     assert "the texts of dataset 'scifact' (test) were not found" in md  # data path "nowhere"
@@ -251,7 +251,7 @@ def test_report_with_dataset_texts_and_single_run(tmp_path, tiny_dataset):
     assert report.main(["--results", str(results), "--out", str(out), "--resamples", "99"]) == 0
     md = (out / "report.md").read_text()
     assert "no pruning runs: pruning section skipped" in md
-    assert "no truncation runs" in md and "only the reference run is clean" in md
+    assert "no truncation runs" in md and "only the reference configuration is clean" in md
     # Add a second model: the error analysis now finds the texts and names the queries.
     d2 = fabricate_run(results, "tiny", "mamba", "small", "clean", 0.1, 5.0, data_path=str(tiny_dataset))
     pd.read_csv(d2 / "per_query.csv").head(3).assign(qid=["q1", "q2", "q3"]).to_csv(d2 / "per_query.csv", index=False)
@@ -296,9 +296,9 @@ def test_partly_corrupt_results(tmp_path, capsys):
 
 def test_latency_error_bars_come_from_a_runs_own_repeats():
     """A configuration run once still has a latency spread: its timing repeats' p50s."""
-    runs = pd.DataFrame([dict(config_key="a", dataset="d", query_p50_ms=11.0, query_p50_ms_spread=2.0, **{"ndcg@10": 0.5}),
-                         dict(config_key="b", dataset="d", query_p50_ms=9.0, query_p50_ms_spread=1.0, **{"ndcg@10": 0.4}),
-                         dict(config_key="b", dataset="d", query_p50_ms=13.0, query_p50_ms_spread=1.0, **{"ndcg@10": 0.4})])
+    runs = pd.DataFrame([dict(config_key="a", dataset="d", seed=0, query_p50_ms=11.0, query_p50_ms_spread=2.0, **{"ndcg@10": 0.5}),
+                         dict(config_key="b", dataset="d", seed=0, query_p50_ms=9.0, query_p50_ms_spread=1.0, **{"ndcg@10": 0.4}),
+                         dict(config_key="b", dataset="d", seed=1, query_p50_ms=13.0, query_p50_ms_spread=1.0, **{"ndcg@10": 0.4})])
     agg = pareto.aggregate_repeats(runs, "query_p50_ms", "ndcg@10").set_index("config_key")
     assert agg.loc["a", "query_p50_ms_std"] == 2.0  # one run: the spread of its own repeats
     assert agg.loc["b", "query_p50_ms_std"] == pytest.approx(np.std([9.0, 13.0], ddof=1))  # repeats: across runs

@@ -15,7 +15,7 @@ from benchmarks.pipeline import record
 from benchmarks.pipeline.record import RunConfig
 from benchmarks.pipeline.results import locked
 from benchmarks.pipeline.runner import run_benchmark
-from benchmarks.sweep import load_sweep, main, run_sweep, select_perturbations
+from benchmarks.sweep import SweepError, load_sweep, main, run_sweep, select_perturbations
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -145,15 +145,51 @@ def test_missing_sweep_file(tmp_path, capsys):
     assert "cannot read the sweep file" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["archaeology.yaml", "position.yaml", "trained.yaml"])
+@pytest.mark.parametrize("name", ["archaeology.yaml", "position.yaml", "trained.yaml", "fair.yaml"])
 def test_shipped_sweep_files_parse(name):
     if not os.environ.get("BEIR_DATA_DIR"):
-        pytest.skip("the shipped sweeps run on SciFact: set BEIR_DATA_DIR")
+        pytest.skip("the shipped sweeps run on SciFact, NFCorpus and Cranfield: set BEIR_DATA_DIR")
     sweep = load_sweep(REPO / "benchmarks" / "configs" / name)
-    assert sweep.points and all(p.dataset == "scifact" and p.run_id == sweep.name for p in sweep.points)
-    if name == "archaeology.yaml":  # six architectures x 8 conditions + BM25 x 5 (no pruning of BM25)
-        assert len(sweep.points) == 6 * 8 + 5
+    assert sweep.points and all(p.run_id == sweep.name for p in sweep.points)
+    assert {p.dataset for p in sweep.points} == {"scifact", "nfcorpus", "cranfield"}
+    if name == "archaeology.yaml":  # six architectures x 8 conditions + BM25 x 5 (no pruning of BM25), x 3 datasets
+        assert len(sweep.points) == (6 * 8 + 5) * 3
         assert {p.encoder for p in sweep.points} == {"bert", "mamba", "rwkv", "hyena", "retnet", "gla", "bm25"}
+    if name == "fair.yaml":  # six students x 3 seeds, the teacher and BM25 once, x 3 datasets
+        assert len(sweep.points) == (6 * 3 + 2) * 3
+        students = [p for p in sweep.points if p.encoder.startswith("shared-")]
+        assert {p.checkpoint_path() for p in students if p.encoder == "shared-gla" and p.dataset == "cranfield"} == {
+            f"results/checkpoints/shared-gla-small-scifact-nfcorpus-fair400-seed{s}" for s in (0, 1, 2)}
+        assert all(p.max_length == 128 for p in sweep.points)
+        for enc in {p.encoder for p in sweep.points}:  # seeds are repeats of one configuration per dataset
+            groups = {record.group(p) for p in sweep.points if p.encoder == enc and p.dataset == "scifact"}
+            assert len(groups) == 1, enc
+
+
+def test_entry_seeds_and_seed_in_checkpoint(tiny_dataset, tmp_path):
+    """`seeds` of an entry replaces the sweep's; `{seed}` in a checkpoint names each seed's own."""
+    cfg = write_config(tmp_path, tiny_dataset.parent, body=f"""
+name: seeds
+datasets: [tiny]
+defaults: {{data_dir: {tiny_dataset.parent}, max_length: 64}}
+seeds: [0, 1, 2]
+encoders:
+  - {{encoder: mamba, checkpoint: "ckpt/student-seed{{seed}}"}}
+  - {{encoder: bm25, seeds: [0]}}
+""")
+    points = load_sweep(cfg, str(tmp_path / "out")).points
+    assert [(p.encoder, p.seed) for p in points] == [("mamba", 0), ("mamba", 1), ("mamba", 2), ("bm25", 0)]
+    assert [p.checkpoint_path() for p in points[:3]] == [f"ckpt/student-seed{s}" for s in (0, 1, 2)]
+    assert len({record.identity(p) for p in points[:3]}) == 3 and len({record.group(p) for p in points[:3]}) == 1
+    bad = write_config(tmp_path, tiny_dataset.parent, body=f"""
+name: seeds
+datasets: [tiny]
+defaults: {{data_dir: {tiny_dataset.parent}}}
+encoders:
+  - {{encoder: bm25, seeds: []}}
+""")
+    with pytest.raises(SweepError, match="encoders entry 1: 'seeds' must be a non-empty list"):
+        load_sweep(bad)
 
 
 def test_perturbations_option_runs_part_of_the_grid(tiny_dataset, tmp_path, capsys):

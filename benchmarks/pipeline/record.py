@@ -12,7 +12,8 @@ canonical spec. The runner hashes the *resolved* configuration (device and dtype
 runs that differ in any result-changing option never share an identity. An option added later goes into
 `ADDED_LATER` with its default, and is left out of the hash at that default, so existing results keep
 their identity. `group` is the identity without the repeat axes (the seed): runs sharing it are repeats
-of one configuration, and the analysis pools them; `base` is the group of the unperturbed configuration.
+of one configuration, and the analysis pools them; `base` is the group of the unperturbed configuration;
+`setup` is the group without the dataset (one model configuration across datasets).
 
 The runner, the sweep, the runs table and the analysis all go through this module; `read` upgrades
 records written before this schema, so old results keep loading and old sweeps keep resuming.
@@ -80,6 +81,12 @@ class RunConfig:
     show_progress: bool = True
     encoder_options: dict = field(default_factory=dict)  # further keyword arguments for the encoder
 
+    def checkpoint_path(self) -> str | None:
+        """The checkpoint this run loads. `{seed}` in `checkpoint` stands for the run's seed: trained
+        students have one checkpoint per training seed, and with the placeholder kept in the record,
+        their runs differ only in the seed, so they stay repeats of one configuration (`group`)."""
+        return self.checkpoint.replace("{seed}", str(self.seed)) if self.checkpoint else None
+
 
 CONFIG_FIELDS = tuple(f.name for f in fields(RunConfig))
 
@@ -110,6 +117,11 @@ def group(config: RunConfig | dict) -> str:
 
 def base(config: RunConfig | dict) -> str:
     return _hash(dict(identity_fields(config, drop=REPEAT_AXES), perturbation="clean"))
+
+
+def setup(config: RunConfig | dict) -> str:
+    """The group without the dataset: one model configuration, to be compared across datasets."""
+    return _hash(identity_fields(config, drop=REPEAT_AXES + ("dataset",)))
 
 
 def run_dir_name(run_id: str, config: RunConfig | dict) -> str:

@@ -129,7 +129,7 @@ class DenseRetriever:
 
     @classmethod
     def from_config(cls, cfg, cache):
-        encoder = encoders.load(cfg.encoder, checkpoint=cfg.checkpoint, preset=cfg.preset, max_length=cfg.max_length,
+        encoder = encoders.load(cfg.encoder, checkpoint=cfg.checkpoint_path(), preset=cfg.preset, max_length=cfg.max_length,
                                 batch_tokens=cfg.batch_tokens, pooling=cfg.pooling, bidirectional=cfg.bidirectional,
                                 device=cfg.device, dtype=cfg.dtype, show_progress=cfg.show_progress,
                                 **cfg.encoder_options)
