@@ -90,28 +90,24 @@ class Corpus(Mapping):
         return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
 
     def chunks(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, dict]]:
-        """(first row, {id: doc}) per record batch overlapping rows [start, stop), cut to that range."""
+        """(first row, {id: doc}) per record batch overlapping rows [start, stop), cut to that range;
+        only those batches are read."""
         stop = len(self) if stop is None else stop
-        pos = 0
-        for batch in self._batches():
-            n = batch.num_rows
-            lo, hi = max(start - pos, 0), min(stop - pos, n)
-            if lo < hi:
-                part = batch.slice(lo, hi - lo).to_pydict()
-                yield pos + lo, {d: {"title": t, "text": x} for d, t, x in zip(part["id"], part["title"], part["text"])}
-            pos += n
-            if pos >= stop:
+        sizes = [b.num_rows for b in self.table.to_batches()]  # the batches' lengths, from their headers
+        firsts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        for i in range(int(np.searchsorted(firsts, start, side="right")) - 1, len(sizes)):
+            if firsts[i] >= stop:
                 return
+            lo, hi = max(start - firsts[i], 0), min(stop - firsts[i], sizes[i])
+            part = self._batch(i).slice(lo, hi - lo).to_pydict()
+            yield firsts[i] + lo, {d: {"title": t, "text": x} for d, t, x in zip(part["id"], part["title"], part["text"])}
 
-    def _batches(self) -> Iterator[pa.RecordBatch]:
+    def _batch(self, i: int) -> pa.RecordBatch:
         if self.path is None:
-            yield from self.table.to_batches()
-            return
+            return self.table.to_batches()[i]
         # A plain file read, not the memory map: a pass over every document must not leave it all resident.
         with pa.OSFile(str(self.path)) as f:
-            reader = pa.ipc.open_file(f)
-            for i in range(reader.num_record_batches):
-                yield reader.get_batch(i)
+            return pa.ipc.open_file(f).get_batch(i)
 
 
 def batched(items: Iterable, n: int) -> Iterator[list]:

@@ -53,7 +53,8 @@ def shard_encoder(cfg):
     def encode_shards(encoder, texts, store, todo, what):
         from .embed import require_finite
 
-        actors = start_actors(cfg, encoder.fingerprint, min(cfg.workers, len(todo)))
+        # The dtype the driver's encoder computes in (an `auto` probe could choose otherwise on a worker).
+        actors = start_actors(replace(cfg, dtype=encoder.dtype_name), encoder.fingerprint, min(cfg.workers, len(todo)))
         start, parts = time.perf_counter(), []
         try:
             for i, emb, stats in over_actors(actors, store, texts, todo):
