@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
     p.add_argument("--cache-dir", help="default: <output-dir>/.cache/embeddings")
+    p.add_argument("--workers", type=int, default=1,
+                   help="encode the corpus over this many Ray actors (one GPU each where there are GPUs); "
+                        "changes no result")
+    p.add_argument("--ray-address", help="the Ray cluster for --workers (default: start a local one)")
     p.add_argument("--latency-queries", type=int, default=100, help="queries timed one by one for p50/p95, in each of 3 repeats")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--list", action="store_true", help="list registered encoders and exit")
@@ -106,7 +110,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                      drop_self_hits=args.drop_self_hits, long_doc=args.long_doc, window=args.window,
                      stride=args.stride, output_dir=args.output_dir, run_id=args.run_id,
                      overwrite=args.overwrite, seed=args.seed, cache=not args.no_cache, cache_dir=args.cache_dir,
-                     latency_queries=args.latency_queries, show_progress=not args.quiet)
+                     latency_queries=args.latency_queries, show_progress=not args.quiet, workers=args.workers,
+                     ray_address=args.ray_address)
 
 
 def main(argv: list[str] | None = None) -> int:

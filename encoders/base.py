@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ class EncoderError(Exception):
 
 
 POOLINGS = ("mean", "cls", "last")
+TOKENIZE_CHUNK = 2048  # texts tokenized at once by Encoder.tokenize_compact
 SIMILARITIES = ("cos", "dot")
 BIDIRECTIONAL = (None, "sum", "concat")
 
@@ -249,8 +251,9 @@ class Encoder(nn.Module):
     def _encode(self, texts, desc, batch_tokens, show_progress) -> tuple[np.ndarray, dict]:
         from tqdm.auto import tqdm
 
-        ids = self.tokenize(texts)
-        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        flat, starts = self.tokenize_compact(texts)
+        lengths = np.diff(starts)
+        ids = [flat[a:b] for a, b in zip(starts[:-1], starts[1:])]  # views into one array
         batches = self.batches(lengths, batch_tokens or self.batch_tokens)
         out = None
         show = self.show_progress if show_progress is None else show_progress
@@ -279,6 +282,18 @@ class Encoder(nn.Module):
         # A tokenizer without special tokens maps "" to no tokens; keep one so pooling is defined.
         fill = self.pad_token_id
         return [x if len(x) else [fill] for x in enc["input_ids"]]
+
+    def tokenize_compact(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of all `texts` as one int32 array + row starts (len(texts) + 1), tokenized
+        TOKENIZE_CHUNK texts at a time: the tokenizer's per-text objects (and Python lists of ints) for
+        many thousand texts at once would outweigh their ids many times over."""
+        parts, lengths = [], []
+        for a in range(0, len(texts), TOKENIZE_CHUNK):
+            chunk = self.tokenize(texts[a:a + TOKENIZE_CHUNK])
+            lengths.extend(len(x) for x in chunk)
+            parts.append(np.fromiter(itertools.chain.from_iterable(chunk), dtype=np.int32))
+        flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+        return flat, np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
 
     @property
     def pad_token_id(self) -> int:

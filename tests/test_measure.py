@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from benchmarks.pipeline import measure
+from benchmarks.pipeline.corpus import Corpus
 
 
 def fake_clock(monkeypatch, durations_ms):
@@ -56,6 +57,6 @@ def test_bm25_latency_uses_the_same_record():
     from benchmarks.pipeline.bm25 import BM25Retriever
 
     bm25 = BM25Retriever()
-    bm25.index(["d1", "d2"], [{"title": "", "text": "plants make sugar from light"}, {"title": "", "text": "cells produce energy"}])
+    bm25.index(Corpus.from_dict({"d1": {"title": "", "text": "plants make sugar from light"}, "d2": {"title": "", "text": "cells produce energy"}}))
     lat = bm25.query_latency(["sugar", "energy"], n=5, warmup=1)
     assert lat["n"] == 15 and lat["repeats"] == 3 and len(lat["p50_ms_repeats"]) == 3 and lat["cv"] is not None

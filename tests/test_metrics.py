@@ -9,6 +9,7 @@ import pytest
 
 import trec_rules
 from benchmarks.pipeline import index, metrics
+from benchmarks.pipeline.corpus import Corpus
 
 
 def one(qrels, run, qid="q"):
@@ -150,7 +151,7 @@ def test_bm25_tie_group_at_the_cut_is_cut_by_id():
     ids = [f"top{i}" for i in range(3)] + [f"tie{i:02d}" for i in range(50)] + [f"bio{i}" for i in range(20)]
     order = random.Random(3).sample(range(len(ids)), len(ids))
     bm25 = BM25Retriever()
-    bm25.index([ids[i] for i in order], [{"title": "", "text": texts[i]} for i in order])
+    bm25.index(Corpus.from_dict({ids[i]: {"title": "", "text": texts[i]} for i in order}))
     run = bm25.search(["q"], ["jet engine"], top_k=10)[0]["q"]
     assert list(run)[:3] == ["top2", "top1", "top0"] and len(set(run.values())) == 2
     assert list(run)[3:] == [f"tie{i:02d}" for i in range(49, 42, -1)]

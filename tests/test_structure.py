@@ -109,9 +109,9 @@ class OverlapRetriever:
     def tag(self):
         return "overlap"
 
-    def index(self, doc_ids, docs):
-        self.docs = {d: set(title_text(doc).lower().split()) for d, doc in zip(doc_ids, docs)}
-        return dict(texts=len(docs))
+    def index(self, corpus):
+        self.docs = {d: set(title_text(doc).lower().split()) for d, doc in corpus.items()}
+        return dict(texts=len(corpus))
 
     def search(self, query_ids, queries, top_k):
         run = {}

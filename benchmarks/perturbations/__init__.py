@@ -11,7 +11,9 @@
                                text, 2048 tokens in all (the run's tokenizer, special tokens included)
 
 Compose with "+", e.g. `prune:0.5+sentence-shuffle`: model steps apply to the model, corpus steps to
-the corpus in the order given. Randomness comes from the run's seed.
+the corpus in the order given. Randomness comes from the run's seed. A corpus step is applied chunk by
+chunk (a chunk is a dict {doc id: doc}), streaming the perturbed corpus to disk; a step that draws on
+other documents (pad) reads them from `Context.corpus`, the whole corpus it applies to.
 
 Each kind is one class registered under its spec head (`@register_perturbation("truncate")`): it parses
 its arguments, names itself canonically, applies itself (to the retriever's model, or to the corpus)
@@ -22,7 +24,8 @@ with the built-in ones; the runner and the runs table know no kind by name.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 
 class PerturbationError(Exception):
@@ -68,6 +71,7 @@ class PerturbationKind:
         raise NotImplementedError
 
     def apply_corpus(self, corpus: dict, ctx: "Context") -> tuple[dict, dict]:
+        """One chunk {doc id: doc} -> (perturbed chunk, stats: counts, and means over its `documents`)."""
         raise NotImplementedError
 
 
@@ -75,13 +79,15 @@ class PerturbationKind:
 class Context:
     """What a step may use: the run's seed, the retriever's tokenizer and title separator (truncation
     counts that tokenizer's tokens), the clean corpus's texts (pruning calibration), the documents the
-    qrels judge (never used as distractor text), progress bars."""
+    qrels judge (never used as distractor text), progress bars, and (set for each corpus step) the whole
+    corpus the step applies to."""
     seed: int
     tokenizer: object = None
     title_sep: str = " "
     clean_texts: list | None = None
     judged: frozenset = frozenset()
     progress: bool = False
+    corpus: object = None
 
 
 @dataclass
@@ -104,13 +110,21 @@ class Perturbation:
                                     f"{retriever.name!r} has none")
         return [self._record(s, s.apply_model(retriever, ctx)) for s in self.steps if s.target == "model"]
 
-    def apply_corpus(self, corpus: dict, ctx: Context) -> tuple[dict, list[dict]]:
-        """Apply the corpus steps in order -> (new corpus, their records)."""
-        records = []
-        for s in self.steps:
-            if s.target == "corpus":
-                corpus, stats = s.apply_corpus(corpus, ctx)
-                records.append(self._record(s, stats))
+    def apply_corpus(self, corpus, ctx: Context, workdir: Path | None = None) -> tuple[object, list[dict]]:
+        """Apply the corpus steps in order, chunk by chunk -> (new corpus, their records). A step's output
+        is streamed into an Arrow file in `workdir` when given (pipeline/corpus.py), else held in memory."""
+        from ..pipeline.corpus import Corpus
+
+        corpus, records = Corpus.from_dict(corpus), []
+        for n, s in enumerate(st for st in self.steps if st.target == "corpus"):
+            step_ctx, parts = replace(ctx, corpus=corpus), []
+
+            def apply(chunk, s=s, step_ctx=step_ctx, parts=parts):
+                out, stats = s.apply_corpus(chunk, step_ctx)
+                parts.append(stats)
+                return out
+            corpus = corpus.map_chunks(apply, workdir / f"perturbed-{n}.arrow" if workdir else None)
+            records.append(self._record(s, merge_chunk_stats(parts)))
         return corpus, records
 
     @staticmethod
@@ -118,6 +132,15 @@ class Perturbation:
         record = dict(kind=step.kind, target=step.target, **step.knobs(), stats=stats)
         record["columns"] = step.columns(record)
         return record
+
+
+def merge_chunk_stats(parts: list[dict]) -> dict:
+    """A step's stats over all chunks: counts add up, `mean_*` values are weighted by `documents`."""
+    if len(parts) == 1:
+        return parts[0]
+    n = sum(p.get("documents", 0) for p in parts)
+    return {k: (sum(p[k] * p.get("documents", 0) for p in parts) / max(n, 1) if k.startswith("mean_")
+                else sum(p[k] for p in parts)) for k in parts[0]}
 
 
 def kinds() -> list[str]:
@@ -279,7 +302,7 @@ class Pad(PerturbationKind):
     def apply_corpus(self, corpus, ctx):
         from .text import pad_with_distractors
 
-        return pad_with_distractors(corpus, self.side, self.factor, ctx.seed)
+        return pad_with_distractors(corpus, self.side, self.factor, ctx.seed, ctx.corpus)
 
 
 @register_perturbation("needle")

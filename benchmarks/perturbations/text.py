@@ -81,24 +81,27 @@ def truncate(corpus: dict, side: str, tokens: int, tokenizer, title_sep: str = "
     return out, dict(_stats(corpus, out), truncated_documents=cut)
 
 
-def pad_with_distractors(corpus: dict, side: str, factor: float, seed: int) -> tuple[dict, dict]:
-    """Lengthen each document to `factor` x its word count with text of randomly drawn other documents,
-    before (prefix) or after (suffix) it: does the encoder still find the relevant part?"""
-    ids = list(corpus)
-    full = {d: title_text(corpus[d]) for d in ids}
+def pad_with_distractors(corpus: dict, side: str, factor: float, seed: int, pool=None) -> tuple[dict, dict]:
+    """Lengthen each document to `factor` x its word count with text of randomly drawn other documents
+    of `pool` (the whole corpus, of which `corpus` may be a chunk; default `corpus` itself), before
+    (prefix) or after (suffix) it: does the encoder still find the relevant part?"""
+    from benchmarks.pipeline.corpus import Corpus
+
+    pool = Corpus.from_dict(corpus if pool is None else pool)
     out = {}
-    for did in ids:
-        need = round((factor - 1) * len(full[did].split()))
+    for did, doc in corpus.items():
+        full = title_text(doc)
+        need = round((factor - 1) * len(full.split()))
         rng = random.Random(f"{seed}:{did}")
         filler: list[str] = []
         for _ in range(1000):  # bounded: a corpus of empty documents cannot loop forever
-            if len(filler) >= need or len(ids) < 2:
+            if len(filler) >= need or len(pool) < 2:
                 break
-            other = ids[rng.randrange(len(ids))]
-            if other != did:
-                filler.extend(full[other].split())
+            other = rng.randrange(len(pool))
+            if pool.id_at(other) != did:
+                filler.extend(title_text(pool.doc(other)).split())
         filler_text = " ".join(filler[:need])
-        text = f"{filler_text} {full[did]}" if side == "prefix" else f"{full[did]} {filler_text}"
+        text = f"{filler_text} {full}" if side == "prefix" else f"{full} {filler_text}"
         out[did] = dict(title="", text=re.sub(r"\s+", " ", text).strip())
     return out, _stats(corpus, out)
 
@@ -111,7 +114,9 @@ def needle_in_distractors(corpus: dict, position: str, total: int, tokenizer, se
     documents, drawn at random per document (seeded by its id), the last one cut at a token offset;
     documents any qrels judge are never distractors, so that no unjudged document carries a judged
     one's text (with them, a relevant abstract would recur inside ~total/length other documents that
-    the qrels call non-relevant). The result is one text field, as `pad_with_distractors` gives."""
+    the qrels call non-relevant). The result is one text field, as `pad_with_distractors` gives.
+    Distractors come from `corpus`, the chunk the runner applies the step to: the whole corpus up to
+    8,192 documents (corpus.BATCH_ROWS; SciFact and NFCorpus are one chunk), beyond that the chunk."""
     ids = list(corpus)
     full = [title_text(corpus[d], title_sep) for d in ids]
     offsets = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]

@@ -75,10 +75,10 @@ class BM25Retriever:
         return bm25s.tokenize(texts, stopwords=self.stopwords, stemmer=self._stemmer, return_ids=ids,
                               show_progress=False)
 
-    def index(self, doc_ids: list[str], docs: list[dict]) -> dict:
+    def index(self, corpus) -> dict:
         start = time.perf_counter()
-        self.doc_ids = list(doc_ids)
-        texts = [title_text(d, self.title_sep) for d in docs]
+        self.doc_ids = list(corpus)
+        texts = [title_text(d, self.title_sep) for _, chunk in corpus.chunks() for d in chunk.values()]
         tokens = self._tokenize(texts, ids=True)
         self.model.index(tokens, show_progress=False)
         seconds = time.perf_counter() - start

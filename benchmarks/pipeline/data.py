@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .corpus import Corpus, duplicate
 
 
 class DataError(Exception):
@@ -26,7 +29,7 @@ class Dataset:
     name: str
     path: Path
     split: str
-    corpus: dict[str, dict]  # doc id -> {"title": str, "text": str}
+    corpus: Corpus  # doc id -> {"title": str, "text": str}, held once (pipeline/corpus.py)
     queries: dict[str, str]  # judged queries of this split only, qrels order
     qrels: dict[str, dict[str, int]]
     warnings: dict[str, int] = field(default_factory=dict)
@@ -74,11 +77,10 @@ def find_dataset(name: str, data_dir: str | Path | None = None, download: bool =
                     "(corpus.jsonl, queries.jsonl, qrels/) in one of those places or pass --data-dir")
 
 
-def read_jsonl(path: Path, kind: str) -> list[tuple[int, dict]]:
-    """(line number, record) pairs; `kind` names what a record is, for messages."""
+def read_jsonl(path: Path, kind: str) -> Iterator[tuple[int, dict]]:
+    """(line number, record) pairs, streamed; `kind` names what a record is, for messages."""
     if not path.is_file():
         raise DataError(f"missing file {path}")
-    rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -94,8 +96,7 @@ def read_jsonl(path: Path, kind: str) -> list[tuple[int, dict]]:
             for key in ("text", "title"):
                 if key in record and record[key] is not None and not isinstance(record[key], str):
                     raise DataError(f"{path}:{lineno}: {kind} field {key!r} is {type(record[key]).__name__}, not a string")
-            rows.append((lineno, record))
-    return rows
+            yield lineno, record
 
 
 def read_qrels(path: Path) -> tuple[dict[str, dict[str, int]], int]:
@@ -128,50 +129,69 @@ def read_qrels(path: Path) -> tuple[dict[str, dict[str, int]], int]:
 
 
 def load_dataset(name: str, split: str = "test", data_dir: str | Path | None = None,
-                 download: bool = True) -> Dataset:
+                 download: bool = True, store: Path | None = None) -> Dataset:
+    """The dataset; its corpus streamed into an Arrow file at `store` (memory-mapped), else held in memory."""
     path = find_dataset(name, data_dir, download)
     qrels_path = path / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():
         found = sorted(p.stem for p in (path / "qrels").glob("*.tsv"))
         raise DataError(f"no qrels for split {split!r}: {qrels_path} is missing "
                         f"(splits found: {', '.join(found) or 'none'})")
+    corpus, empty = read_corpus(path / "corpus.jsonl", store)
+    all_queries = read_queries(path / "queries.jsonl")
+    qrels, duplicate_judgments = read_qrels(qrels_path)
+    if not qrels:
+        raise DataError(f"{qrels_path}: no judgments")
+    queries = judged_queries(all_queries, qrels, path / "queries.jsonl", qrels_path)
+    judged = [d for j in qrels.values() for d in j]
+    warnings = {
+        "empty_documents": empty,
+        "judged_documents_missing_from_corpus": int((corpus.rows(judged) < 0).sum()) if judged else 0,
+        "duplicate_judgments": duplicate_judgments,
+    }
+    return Dataset(name=path.name if Path(name) == path else name, path=path, split=split, corpus=corpus,
+                   queries=queries, qrels=qrels, warnings={k: v for k, v in warnings.items() if v})
 
-    corpus: dict[str, dict] = {}
-    seen_at: dict[str, int] = {}
-    corpus_file = path / "corpus.jsonl"
-    for lineno, rec in read_jsonl(corpus_file, "document"):
-        did = str(rec["_id"])
-        if did in corpus:
-            raise DataError(f"{corpus_file}:{lineno}: duplicate document id {did!r} (first at line {seen_at[did]})")
-        seen_at[did] = lineno
-        corpus[did] = {"title": rec.get("title") or "", "text": rec.get("text") or ""}
-    if not corpus:
+
+def read_corpus(corpus_file: Path, store: Path | None) -> tuple[Corpus, int]:
+    """-> (corpus, number of empty documents). A duplicate id is found after the pass, by Arrow."""
+    empty = 0
+
+    def docs():
+        nonlocal empty
+        for _, rec in read_jsonl(corpus_file, "document"):
+            title, text = rec.get("title") or "", rec.get("text") or ""
+            empty += not (title.strip() or text.strip())
+            yield str(rec["_id"]), title, text
+
+    corpus = Corpus.write(docs(), store)
+    if not len(corpus):
         raise DataError(f"{corpus_file}: no documents")
+    if (did := duplicate(corpus.ids)) is not None:
+        first, again = [n for n, rec in read_jsonl(corpus_file, "document") if str(rec["_id"]) == did][:2]
+        raise DataError(f"{corpus_file}:{again}: duplicate document id {did!r} (first at line {first})")
+    return corpus, empty
 
+
+def read_queries(queries_file: Path) -> dict[str, tuple[int, str]]:
+    """Every query -> (line number, text)."""
     all_queries: dict[str, tuple[int, str]] = {}
-    queries_file = path / "queries.jsonl"
     for lineno, rec in read_jsonl(queries_file, "query"):
         qid = str(rec["_id"])
         if qid in all_queries:
             raise DataError(f"{queries_file}:{lineno}: duplicate query id {qid!r} (first at line {all_queries[qid][0]})")
         all_queries[qid] = (lineno, rec.get("text") or "")
+    return all_queries
 
-    qrels, duplicate_judgments = read_qrels(qrels_path)
-    if not qrels:
-        raise DataError(f"{qrels_path}: no judgments")
-    queries = {}
+
+def judged_queries(all_queries: dict, qrels: dict, queries_file: Path, qrels_path: Path) -> dict[str, str]:
+    """The judged queries' texts, in qrels order."""
+    out = {}
     for qid in qrels:
         if qid not in all_queries:
             raise DataError(f"{qrels_path}: judges query {qid!r}, which has no text in {queries_file}")
         lineno, text = all_queries[qid]
         if not text.strip():
             raise DataError(f"{queries_file}:{lineno}: query {qid!r} is empty (it is judged in {qrels_path.name})")
-        queries[qid] = text
-
-    warnings = {
-        "empty_documents": sum(1 for d in corpus.values() if not (d["title"].strip() or d["text"].strip())),
-        "judged_documents_missing_from_corpus": sum(1 for j in qrels.values() for d in j if d not in corpus),
-        "duplicate_judgments": duplicate_judgments,
-    }
-    return Dataset(name=path.name if Path(name) == path else name, path=path, split=split, corpus=corpus,
-                   queries=queries, qrels=qrels, warnings={k: v for k, v in warnings.items() if v})
+        out[qid] = text
+    return out

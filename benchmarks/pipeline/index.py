@@ -25,37 +25,25 @@ class IndexOptionError(ValueError):
     """An --index / --index-params the index cannot take, or a corpus it cannot be trained on (one line)."""
 
 
-def search(doc_emb: np.ndarray, doc_ids: list[str], query_emb: np.ndarray, query_ids: list[str],
+def search(doc_emb, doc_ids, query_emb: np.ndarray, query_ids: list[str],
            top_k: int = 100) -> tuple[dict[str, dict[str, float]], dict]:
-    """Top-k documents per query -> (run {qid: {docid: score}} in rank order, stats). (BEIR's self-hit
+    """Top-k documents per query -> (run {qid: {docid: score}} in rank order, stats). `doc_emb` is an
+    array or an embedding store (pipeline/cache.py), searched shard by shard from its memory map: each
+    shard's top-k with its tie group at the cut closed, merged, then ranked as one. (BEIR's self-hit
     rule is the runner's, for every retriever: see pipeline/runner.py drop_self_hits.)"""
-    import faiss
-
     if top_k < 1:
         raise ValueError(f"top_k must be positive, got {top_k}")
-    index = faiss.IndexFlatIP(doc_emb.shape[1])
-    index.add(np.ascontiguousarray(doc_emb, dtype=np.float32))
     query_emb = np.ascontiguousarray(query_emb, dtype=np.float32)
-    # One beyond the cut: it shows whether a group of equal scores crosses the cut, which must then be
-    # cut by id (trec_eval's rule), not in FAISS's order.
-    keep = top_k
-    k = min(len(doc_ids), keep + 1)
-    scores, idx = index.search(query_emb, k)
-    scores, idx = list(scores), list(idx)
-    # A query whose last retrieved score equals its score at the cut may have more documents with
-    # that score: search it again with twice the depth until its tie group is closed (or all is retrieved).
-    open_ = [q for q in range(len(query_ids)) if tie_open(scores[q], keep, k, len(doc_ids))]
-    while open_:
-        k = min(len(doc_ids), 2 * k)
-        s, i = index.search(query_emb[open_], k)
-        for row, q in enumerate(open_):
-            scores[q], idx[q] = s[row], i[row]  # the whole row from one search: its scores compare exactly
-        open_ = [q for q in open_ if tie_open(scores[q], keep, k, len(doc_ids))]
-
+    found = [([], []) for _ in query_ids]  # per query: score arrays, row arrays (one pair per shard)
+    for start, chunk in shards(doc_emb):
+        for (scores, rows), (s, i) in zip(found, zip(*chunk_top(chunk, query_emb, top_k))):
+            scores.append(s[i >= 0])
+            rows.append(i[i >= 0] + start)
     run: dict[str, dict[str, float]] = {}
     tied_pairs = pairs = 0
-    for qid, row_scores, row_idx in zip(query_ids, scores, idx):
-        hits = [(float(s), doc_ids[i]) for s, i in zip(row_scores, row_idx) if i >= 0]
+    for qid, (scores, rows) in zip(query_ids, found):
+        rows = np.concatenate(rows)
+        hits = list(zip(map(float, np.concatenate(scores)), ids_at(doc_ids, rows)))
         hits.sort(key=lambda h: (h[0], h[1]), reverse=True)  # score desc, then doc id desc (trec_eval)
         hits = hits[:top_k]
         pairs += max(len(hits) - 1, 0)
@@ -63,6 +51,46 @@ def search(doc_emb: np.ndarray, doc_ids: list[str], query_emb: np.ndarray, query
         run[qid] = {did: s for s, did in hits}
     stats = dict(top_k=top_k, tie_rate=tied_pairs / pairs if pairs else 0.0)  # share of adjacent ranks with equal scores
     return run, stats
+
+
+def chunk_top(doc_emb: np.ndarray, query_emb: np.ndarray, keep: int) -> tuple[list, list]:
+    """Per query, the `keep` best rows of `doc_emb` and every row tying the score at the cut -> (scores,
+    rows) lists, one array per query. A document of the overall top-k is in its own shard's top-k by
+    score, so these candidates, merged over shards and ranked, give exactly the ranking of one search."""
+    import faiss
+
+    n = len(doc_emb)
+    # One beyond the cut: it shows whether a group of equal scores crosses the cut, which must then be
+    # cut by id (trec_eval's rule), not in FAISS's order.
+    k = min(n, keep + 1)
+    scores, idx = faiss.knn(query_emb, doc_emb, k, faiss.METRIC_INNER_PRODUCT)
+    scores, idx = list(scores), list(idx)
+    # A query whose last retrieved score equals its score at the cut may have more documents with
+    # that score: search it again with twice the depth until its tie group is closed (or all is retrieved).
+    open_ = [q for q in range(len(query_emb)) if tie_open(scores[q], keep, k, n)]
+    while open_:
+        k = min(n, 2 * k)
+        s, i = faiss.knn(query_emb[open_], doc_emb, k, faiss.METRIC_INNER_PRODUCT)
+        for row, q in enumerate(open_):
+            scores[q], idx[q] = s[row], i[row]  # the whole row from one search: its scores compare exactly
+        open_ = [q for q in open_ if tie_open(scores[q], keep, k, n)]
+    return scores, idx
+
+
+def shards(doc_emb):
+    """(first row, rows) of an array (one piece) or an embedding store (its shards, memory-mapped)."""
+    return doc_emb.shards() if hasattr(doc_emb, "shards") else [(0, doc_emb)]
+
+
+def rows_of(doc_emb) -> int:
+    return doc_emb.rows if hasattr(doc_emb, "shards") else len(doc_emb)
+
+
+def ids_at(doc_ids, rows: np.ndarray) -> list[str]:
+    """The ids at `rows` of a list, or of an Arrow array (a corpus's ids)."""
+    if hasattr(doc_ids, "take"):
+        return doc_ids.take(rows).to_pylist()
+    return [doc_ids[r] for r in rows]
 
 
 def tie_open(row_scores: np.ndarray, keep: int, k: int, n_docs: int) -> bool:
@@ -84,9 +112,10 @@ def parse_params(text: str) -> dict[str, float]:
     return params
 
 
-def build(spec: str, params: dict, dim: int, doc_emb: np.ndarray | None = None, seed: int = 0):
+def build(spec: str, params: dict, dim: int, doc_emb=None, seed: int = 0):
     """A FAISS index from a factory string with its search parameters set; trained (seeded) on and
-    filled with `doc_emb` when given. Without `doc_emb` it only checks that spec and parameters apply."""
+    filled with `doc_emb` (an array or an embedding store, added shard by shard) when given. Without
+    `doc_emb` it only checks that spec and parameters apply."""
     import faiss
 
     try:
@@ -97,17 +126,30 @@ def build(spec: str, params: dict, dim: int, doc_emb: np.ndarray | None = None, 
     if doc_emb is None:
         return index
     seed_training(index, seed)
-    doc_emb = np.ascontiguousarray(doc_emb, dtype=np.float32)
     # One thread: HNSW built by several threads depends on their interleaving, and the run must not.
     with faiss_threads(1):
         try:
             if not index.is_trained:
-                index.train(doc_emb)
+                index.train(training_rows(doc_emb, seed))
         except RuntimeError as e:
-            raise IndexOptionError(f"--index {spec!r} cannot be trained on {len(doc_emb)} documents: "
+            raise IndexOptionError(f"--index {spec!r} cannot be trained on {rows_of(doc_emb)} documents: "
                                    f"{faiss_message(e)}") from None
-        index.add(doc_emb)
+        for _, chunk in shards(doc_emb):
+            index.add(np.ascontiguousarray(chunk, dtype=np.float32))
     return index
+
+
+TRAIN_ROWS = 1 << 18  # FAISS's k-means samples at most 256 points per centroid: 1024 centroids' worth
+
+
+def training_rows(doc_emb, seed: int) -> np.ndarray:
+    """Every row when there are at most TRAIN_ROWS, else a seeded sample of TRAIN_ROWS rows (in order)."""
+    n = rows_of(doc_emb)
+    if n <= TRAIN_ROWS:
+        return np.concatenate([np.asarray(c, dtype=np.float32) for _, c in shards(doc_emb)])
+    pick = np.sort(np.random.default_rng(seed).choice(n, TRAIN_ROWS, replace=False))
+    return np.concatenate([np.asarray(c[pick[(pick >= a) & (pick < a + len(c))] - a], dtype=np.float32)
+                           for a, c in shards(doc_emb)])
 
 
 def set_params(index, params: dict, spec: str) -> None:
@@ -152,23 +194,23 @@ def seed_training(index, seed: int) -> None:
             part.pq.cp.seed = seed
 
 
-def approximate_search(doc_emb: np.ndarray, doc_ids: list[str], query_emb: np.ndarray, query_ids: list[str],
+def approximate_search(doc_emb, doc_ids, query_emb: np.ndarray, query_ids: list[str],
                        top_k: int, spec: str, params: dict, seed: int = 0, device: str = "cpu"):
     """Top-k per query from an approximate index -> (run in trec_eval order, stats: index, params, on_gpu,
     build_s (train + add), search_s (all queries in one batch)).
     Its scores are the index's own (approximate for PQ), and a tie at the cut is cut by id among what
     the index returned: only exact search can see every document of a tie group."""
     t0 = time.perf_counter()
-    index = build(spec, params, doc_emb.shape[1], doc_emb, seed)
+    index = build(spec, params, query_emb.shape[1], doc_emb, seed)
     index, on_gpu = to_gpu(index, device)
     if on_gpu:
         set_params(index, params, spec)  # a GPU copy takes its parameters through GpuParameterSpace
     t1 = time.perf_counter()
-    scores, idx = index.search(np.ascontiguousarray(query_emb, dtype=np.float32), min(len(doc_ids), top_k))
+    scores, idx = index.search(np.ascontiguousarray(query_emb, dtype=np.float32), min(rows_of(doc_emb), top_k))
     t2 = time.perf_counter()
     run = {}
     for qid, row_scores, row_idx in zip(query_ids, scores, idx):
-        hits = sorted(((float(s), doc_ids[i]) for s, i in zip(row_scores, row_idx) if i >= 0), reverse=True)
+        hits = sorted(zip(map(float, row_scores[row_idx >= 0]), ids_at(doc_ids, row_idx[row_idx >= 0])), reverse=True)
         run[qid] = {did: s for s, did in hits}
     return run, dict(index=spec, params=dict(params, **effective_params(index)), on_gpu=on_gpu,
                      build_s=t1 - t0, search_s=t2 - t1)

@@ -41,7 +41,7 @@ from .results import Staging, atomic_dir, locked, stage_run  # noqa: F401 (atomi
 SCHEMA = 2
 # RunConfig fields that say where things are or how the run is shown, not what it computes.
 NOT_IDENTITY = ("data_dir", "encoder_module", "output_dir", "run_id", "overwrite", "cache", "cache_dir",
-                "show_progress")
+                "show_progress", "workers", "ray_address")
 REPEAT_AXES = ("seed",)  # runs differing only here are repeats of one configuration
 # Options added after results existed -> their default then: left out of the identity at that value.
 ADDED_LATER: dict[str, object] = {"index": "Flat", "index_params": {}, "long_doc": "first", "window": None,
@@ -80,6 +80,8 @@ class RunConfig:
     latency_queries: int = 100
     show_progress: bool = True
     encoder_options: dict = field(default_factory=dict)  # further keyword arguments for the encoder
+    workers: int = 1  # >1: the corpus encoded by that many Ray actors (pipeline/workers.py); same results
+    ray_address: str | None = None  # the Ray cluster of --workers (None: start a local one)
 
     def checkpoint_path(self) -> str | None:
         """The checkpoint this run loads. `{seed}` in `checkpoint` stands for the run's seed: trained

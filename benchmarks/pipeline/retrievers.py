@@ -24,7 +24,7 @@ from . import index, measure
 from .index import EXACT
 from .windows import LongDocs
 from .cache import EmbeddingCache
-from .embed import embed_texts
+from .embed import Texts, embed, embed_texts
 
 
 class Retriever(Protocol):
@@ -39,7 +39,7 @@ class Retriever(Protocol):
     @classmethod
     def from_config(cls, config, cache): ...
     def tag(self) -> str: ...  # short name for result paths
-    def index(self, doc_ids: list[str], docs: list[dict]) -> dict: ...  # -> indexing stats (throughput)
+    def index(self, corpus) -> dict: ...  # a pipeline.corpus.Corpus (a mapping id -> doc) -> indexing stats (throughput)
     def search(self, query_ids: list[str], queries: list[str], top_k: int) -> tuple[dict, dict]: ...  # -> (run, stats)
     # stats may hold "exact_run": the exact search an approximate one stands for (scored against it)
     def query_latency(self, queries: list[str], n: int) -> dict: ...
@@ -94,6 +94,13 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def load_encoder(cfg):
+    """The run's encoder, as the configuration names it (a preset is initialised from the global torch seed)."""
+    return encoders.load(cfg.encoder, checkpoint=cfg.checkpoint_path(), preset=cfg.preset, max_length=cfg.max_length,
+                         batch_tokens=cfg.batch_tokens, pooling=cfg.pooling, bidirectional=cfg.bidirectional,
+                         device=cfg.device, dtype=cfg.dtype, show_progress=cfg.show_progress, **cfg.encoder_options)
+
+
 def encoder_tag(encoder) -> str:
     tag = f"{encoder.name}-{encoder.label}"
     if getattr(encoder, "bidirectional", None):
@@ -111,14 +118,15 @@ class DenseRetriever:
     searches_vectors = True
 
     def __init__(self, encoder, cache: EmbeddingCache, index_spec: str = EXACT,
-                 index_params: dict | None = None, seed: int = 0, long_docs: LongDocs | None = None):
-        self.model, self.cache = encoder, cache
+                 index_params: dict | None = None, seed: int = 0, encode_shards=None,
+                 long_docs: LongDocs | None = None):
+        self.model, self.cache, self.encode_shards = encoder, cache, encode_shards  # None: encode here
         self.long_docs = long_docs or LongDocs()  # --long-doc: whole documents, or windows (pipeline/windows.py)
         self.index_spec, self.index_params, self.seed = index_spec, dict(index_params or {}), seed
         if index_spec != EXACT or self.index_params:  # refused now, before a run directory is opened
             index.build(index_spec, self.index_params, int(encoder.embedding_dim))
-        self.doc_ids: list[str] = []
-        self.doc_emb: np.ndarray | None = None
+        self.doc_ids = []
+        self.doc_emb = None  # the corpus's embeddings as searched (a Searchable over the store)
 
     @classmethod
     def resolve(cls, cfg):
@@ -129,11 +137,14 @@ class DenseRetriever:
 
     @classmethod
     def from_config(cls, cfg, cache):
-        encoder = encoders.load(cfg.encoder, checkpoint=cfg.checkpoint_path(), preset=cfg.preset, max_length=cfg.max_length,
-                                batch_tokens=cfg.batch_tokens, pooling=cfg.pooling, bidirectional=cfg.bidirectional,
-                                device=cfg.device, dtype=cfg.dtype, show_progress=cfg.show_progress,
-                                **cfg.encoder_options)
-        return cls(encoder, cache, cfg.index, cfg.index_params, cfg.seed, LongDocs(cfg.long_doc, cfg.window, cfg.stride))
+        encoder = load_encoder(cfg)
+        encode_shards = None
+        if cfg.workers > 1:
+            from .workers import shard_encoder
+
+            encode_shards = shard_encoder(cfg)
+        return cls(encoder, cache, cfg.index, cfg.index_params, cfg.seed, encode_shards,
+                   LongDocs(cfg.long_doc, cfg.window, cfg.stride))
 
     name = property(lambda self: self.model.name)
     tokenizer = property(lambda self: self.model.tokenizer)
@@ -148,10 +159,13 @@ class DenseRetriever:
             return emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)
         return emb
 
-    def index(self, doc_ids, docs):
-        emb, stats = embed_texts(self.model, self.long_docs.texts(self.model, docs), "corpus", self.cache)
-        self.doc_ids, self.doc_emb = list(doc_ids), self.searchable(self.long_docs.fold(emb, self.model.normalize))
-        return dict(stats, documents=len(self.doc_ids), **self.long_docs.stats())
+    def index(self, corpus):
+        store, stats = embed(self.model, self.long_docs.as_texts(self.model, corpus), "corpus", self.cache,
+                             encode_shards=self.encode_shards)
+        searched = self.long_docs.fold(store, self.model.normalize)  # the store, or windows as an array
+        self.doc_ids = corpus.ids
+        self.doc_emb = Searchable(searched, self.searchable) if searched is store else self.searchable(searched)
+        return dict(stats, documents=len(corpus), **self.long_docs.stats())
 
     def search(self, query_ids, queries, top_k):
         emb, stats = embed_texts(self.model, self.model.query_texts(queries), "queries", self.cache)
@@ -174,6 +188,19 @@ class DenseRetriever:
                     num_parameters=m.num_parameters, kernel_path=m.kernel_path,
                     flops_per_token=m.flops_per_token(m.max_length), batch_tokens=m.batch_tokens,
                     embedding_dim=int(m.embedding_dim), dtype_probe=m.dtype_probe)
+
+
+class Searchable:
+    """An embedding store's rows as searched (`to_search` applied, e.g. normalised), shard by shard:
+    a copy of one shard at a time, never of the whole store."""
+
+    def __init__(self, store, to_search):
+        self.store, self.to_search = store, to_search
+        self.rows = store.rows
+
+    def shards(self):
+        for start, emb in self.store.shards():
+            yield start, self.to_search(emb)
 
 
 __all__ = ["DenseRetriever", "EncoderError", "Retriever", "check", "encoder_tag", "has_model", "load", "names",

@@ -10,7 +10,9 @@ through theirs (benchmarks/perturbations), so this file knows no retriever or pe
 from __future__ import annotations
 
 import random
+import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from .. import perturbations
 from ..perturbations import Context, Perturbation, PerturbationError
 from . import index, measure, metrics, record, retrievers, windows
 from .cache import EmbeddingCache
+from .corpus import Corpus
 from .data import DataError, Dataset, load_dataset
 from .index import IndexOptionError
 from .record import RunConfig
@@ -43,9 +46,16 @@ class RunResult:
 
 
 def run_benchmark(cfg: RunConfig) -> RunResult:
-    start = time.perf_counter()
+    """One run. The corpus (and each perturbation of it) is streamed into an Arrow file in a scratch
+    directory ($TMPDIR) that goes when the run ends; its embeddings into the embedding store (cache.py)."""
     perturbation = check_options(cfg)
-    ds = load_dataset(cfg.dataset, cfg.split, cfg.data_dir)
+    with tempfile.TemporaryDirectory(prefix="benchmarks-run-") as work:
+        return run_in(cfg, perturbation, Path(work))
+
+
+def run_in(cfg: RunConfig, perturbation: Perturbation, work: Path) -> RunResult:
+    start = time.perf_counter()
+    ds = load_dataset(cfg.dataset, cfg.split, cfg.data_dir, store=work / "corpus.arrow")
     set_seed(cfg.seed)
     cache = EmbeddingCache(Path(cfg.cache_dir or Path(cfg.output_dir) / ".cache" / "embeddings"), enabled=cfg.cache)
 
@@ -57,11 +67,11 @@ def run_benchmark(cfg: RunConfig) -> RunResult:
     target = run_dir(cfg.output_dir, ds.name, retriever.tag(), perturbation.slug, record.run_dir_name(run_id, cfg))
     staging = stage_run(target, cfg.overwrite)  # fails now if the run exists; locked temp dir until the end
     ctx = Context(seed=cfg.seed, tokenizer=retriever.tokenizer, title_sep=retriever.title_sep,
-                  clean_texts=[title_text(d, retriever.title_sep) for d in ds.corpus.values()],
+                  clean_texts=DocumentTexts(ds.corpus, retriever.title_sep),
                   judged=frozenset(d for judged in ds.qrels.values() for d in judged), progress=cfg.show_progress)
     steps = perturbation.apply_model(retriever, ctx)
     load_s = time.perf_counter() - t_load
-    corpus, corpus_steps = perturbation.apply_corpus(ds.corpus, ctx)
+    corpus, corpus_steps = perturbation.apply_corpus(ds.corpus, ctx, work)
 
     run, retrieval, timings = retrieve(retriever, ds, corpus, cfg)
     timings["retrieval_s"] = time.perf_counter() - t_load  # model load + encoding + search: BEIR's retrieve()
@@ -95,7 +105,18 @@ def check_options(cfg: RunConfig) -> Perturbation:
     windows.check_options(cfg, retrievers.searches_vectors(cfg.encoder))
     if perturbation.needs_model and not retrievers.has_model(cfg.encoder):
         raise PerturbationError(f"perturbation {perturbation.name!r} changes a model; {cfg.encoder} has none")
+    check_workers(cfg, perturbation)
     return perturbation
+
+
+def check_workers(cfg: RunConfig, perturbation: Perturbation) -> None:
+    if cfg.workers < 1:
+        raise EncoderError(f"--workers must be positive, got {cfg.workers}")
+    if cfg.workers > 1 and not retrievers.searches_vectors(cfg.encoder):
+        raise EncoderError(f"--workers: {cfg.encoder} encodes no corpus to share out")
+    if cfg.workers > 1 and perturbation.needs_model:  # each worker loads the model from the configuration
+        raise PerturbationError(f"--workers: perturbation {perturbation.name!r} changes the model, which the "
+                                "workers load unchanged; run it with one worker")
 
 
 def set_seed(seed: int) -> None:
@@ -104,9 +125,22 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def retrieve(retriever, ds: Dataset, corpus: dict, cfg: RunConfig) -> tuple[dict, dict, dict]:
+class DocumentTexts(Sequence):
+    """A corpus's texts (title + text), read a document at a time: pruning calibration samples a few."""
+
+    def __init__(self, corpus: Corpus, title_sep: str):
+        self.corpus, self.title_sep = corpus, title_sep
+
+    def __len__(self):
+        return len(self.corpus)
+
+    def __getitem__(self, row):
+        return title_text(self.corpus.doc(row), self.title_sep)
+
+
+def retrieve(retriever, ds: Dataset, corpus: Corpus, cfg: RunConfig) -> tuple[dict, dict, dict]:
     """Index the (perturbed) corpus, search every judged query -> (run, retrieval stats, timings)."""
-    index_stats = retriever.index(list(corpus), list(corpus.values()))
+    index_stats = retriever.index(corpus)
     t_search = time.perf_counter()
     drop = self_hit_rule(ds, cfg.drop_self_hits)
     run, stats = retriever.search(list(ds.queries), list(ds.queries.values()), cfg.top_k + drop)
@@ -135,10 +169,10 @@ def self_hit_rule(ds: Dataset, mode: str) -> bool:
     pairs mostly share their text too."""
     if mode in ("on", "off"):
         return mode == "on"
-    shared = [q for q in ds.queries if q in ds.corpus]
+    shared = [(q, ds.corpus.doc(r)) for q, r in zip(ds.queries, ds.corpus.rows(list(ds.queries))) if r >= 0]
     if not shared:
         return False
-    same = sum(1 for q in shared if ds.queries[q].strip() in (ds.corpus[q]["text"].strip(), title_text(ds.corpus[q])))
+    same = sum(1 for q, doc in shared if ds.queries[q].strip() in (doc["text"].strip(), title_text(doc)))
     return same >= len(shared) / 2
 
 
@@ -168,9 +202,10 @@ def score(ds: Dataset, run: dict, retriever) -> pd.DataFrame:
 def relevant_doc_words(ds: Dataset) -> dict[str, float]:
     """Mean word count (title + text, unperturbed) of each query's relevant documents in the corpus:
     lets the analysis join every run's per-query scores to document length."""
+    relevant = sorted({d for q in ds.queries for d, rel in ds.qrels[q].items() if rel > 0})
+    words = {d: len(title_text(ds.corpus.doc(r)).split()) for d, r in zip(relevant, ds.corpus.rows(relevant)) if r >= 0}
     out = {}
     for q in ds.queries:
-        lengths = [len(title_text(ds.corpus[d]).split()) for d, rel in ds.qrels[q].items()
-                   if rel > 0 and d in ds.corpus]
+        lengths = [words[d] for d, rel in ds.qrels[q].items() if rel > 0 and d in words]
         out[q] = float(np.mean(lengths)) if lengths else float("nan")
     return out

@@ -29,6 +29,7 @@ import numpy as np
 from encoders import EncoderError
 
 from . import index
+from .embed import Texts
 
 RULES = ("first", "maxp", "mean")
 
@@ -72,11 +73,20 @@ class LongDocs:
                             stride_mean=float(np.mean(strides)) if strides else None)
         return texts
 
-    def fold(self, emb: np.ndarray, normalize: bool) -> np.ndarray:
-        """Window embeddings -> the vectors searched: documents for mean, windows for maxp."""
-        if self.rule != "mean":
-            return emb
-        return mean_fold(emb, self.owner, normalize)
+    def as_texts(self, encoder, corpus) -> Texts:
+        """What the runner embeds: the documents, streamed from the corpus file a chunk at a time (first),
+        or their windows, cut and held in memory (maxp, mean: corpora of long documents are small here)."""
+        if self.rule == "first":
+            return Texts.of_corpus(corpus, encoder)
+        return Texts.of_list(self.texts(encoder, list(corpus.values())))
+
+    def fold(self, store, normalize: bool):
+        """The embedding store -> what is searched: the store itself (first), its window rows (maxp), or
+        each document's mean window (mean)."""
+        if self.rule == "first":
+            return store
+        emb = store if isinstance(store, np.ndarray) else store.array()
+        return mean_fold(emb, self.owner, normalize) if self.rule == "mean" else emb
 
     def search(self, emb: np.ndarray, doc_ids: list[str], query_emb: np.ndarray, query_ids: list[str], top_k: int):
         if self.rule == "maxp":
