@@ -135,19 +135,7 @@ def test_shards_change_no_result_of_a_run(scifact_slice, tmp_path, small_shards,
     assert sharded.summary["metrics"] == pytest.approx(whole.summary["metrics"], abs=1e-6)
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """A local Ray (reused if the session started one). To fold into a session-wide fixture."""
-    ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
-
-
-def test_two_workers_rank_as_one_process(scifact_slice, tmp_path, small_shards, ray_local):
+def test_two_workers_rank_as_one_process(scifact_slice, tmp_path, small_shards, ray_session):
     one = run(scifact_slice, tmp_path / "one", run_id="one", cache=False)
     two = run(scifact_slice, tmp_path / "two", run_id="two", cache=False, workers=2)
     enc = two.summary["timings"]["corpus_encode"]

@@ -174,6 +174,7 @@ def maxp_search(win_emb: np.ndarray, owner: np.ndarray, doc_ids: list[str], quer
 
     if top_k < 1:
         raise ValueError(f"top_k must be positive, got {top_k}")
+    doc_ids = doc_ids.to_pylist() if hasattr(doc_ids, "to_pylist") else list(doc_ids)  # an Arrow column: str ids
     n_win = len(owner)
     ix = faiss.IndexFlatIP(win_emb.shape[1])
     ix.add(np.ascontiguousarray(win_emb, dtype=np.float32))
