@@ -21,7 +21,7 @@ from conftest import write_scifact_slice
 NOT_COMPARED = ["path", "created", "query_p50_ms", "query_p95_ms", "query_p50_ms_spread", "corpus_docs_per_s",
                 "corpus_tokens_per_s", "total_s", "peak_rss_mb", "cuda_peak_mb"]
 REPO = Path(__file__).resolve().parent.parent
-FAILING = "bm25(default) slice clean: --top-k must be positive, got 0"
+FAILING = "bm25(default) slice clean seed 0: --top-k must be positive, got 0"
 
 
 def sweep(args: list[str]) -> tuple[int, str, str]:

@@ -174,9 +174,11 @@ def test_shipped_configs_agree():
 
 
 def test_trained_sweep_loads():
-    shared_dataset("scifact")  # the sweep checks that its datasets exist
+    for name in ("scifact", "nfcorpus", "cranfield"):
+        shared_dataset(name)  # the sweep checks that its datasets exist
     sweep = load_sweep(REPO / "benchmarks/configs/trained.yaml")
-    assert sum(1 for p in sweep.points if p.checkpoint and p.perturbation == "clean") == 6
+    clean = [p for p in sweep.points if p.checkpoint and p.perturbation == "clean"]
+    assert len(clean) == 6 * 3 and len({p.checkpoint for p in clean}) == 6  # six students on three datasets
 
 
 @pytest.mark.parametrize("args, message", [
