@@ -101,3 +101,26 @@ def ray_session():
              object_store_memory=80 * 1024 * 1024)
     yield ray
     ray.shutdown()
+
+
+def start_blocked_sweep(cfg: Path, out: Path, tmp_path: Path, *extra: str):
+    """`python -m benchmarks.sweep CFG` in a subprocess, waited on until it is inside the run of the
+    blocking encoder (tests/blocking_encoder.py) -> (process, command, environment, log, flag, marker)."""
+    import subprocess
+    import sys
+    import time
+
+    from encoders.dtype import resolve_dtype
+
+    resolve_dtype("auto", "cpu")  # writes the session's (fp32) probe cache, which the subprocess reads
+    repo = Path(__file__).resolve().parent.parent
+    log, flag, marker = tmp_path / "encoded.log", tmp_path / "block", tmp_path / "blocked"
+    flag.touch()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=f"{repo}{os.pathsep}{repo / 'tests'}",
+               BLOCKING_LOG=str(log), BLOCKING_FLAG=str(flag), BLOCKING_MARKER=str(marker))
+    cmd = [sys.executable, "-m", "benchmarks.sweep", str(cfg), "--output-dir", str(out), "--quiet", *extra]
+    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    return proc, cmd, env, log, flag, marker

@@ -17,6 +17,8 @@ from benchmarks.pipeline.results import locked
 from benchmarks.pipeline.runner import run_benchmark
 from benchmarks.sweep import SweepError, load_sweep, main, run_sweep, select_perturbations
 
+from conftest import start_blocked_sweep
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -87,16 +89,8 @@ encoders:
   - {{encoder: blocking, encoder_module: blocking_encoder, perturbations: [clean]}}
   - {{encoder: bm25, preset: null, perturbations: [clean]}}
 """)
-    log, flag, marker = tmp_path / "encoded.log", tmp_path / "block", tmp_path / "blocked"
-    flag.touch()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}",
-               BLOCKING_LOG=str(log), BLOCKING_FLAG=str(flag), BLOCKING_MARKER=str(marker))
-    cmd = [sys.executable, "-m", "benchmarks.sweep", str(cfg), "--output-dir", str(out), "--quiet"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, cmd, env, log, flag, marker = start_blocked_sweep(cfg, out, tmp_path)
     try:
-        deadline = time.time() + 300
-        while not marker.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
         assert marker.exists(), "the sweep never reached the blocking run"
         partial = list(out.glob("*/blocking-*/clean/.mini-*"))
         assert len(partial) == 1 and partial[0].is_dir()  # the run in progress, in its temporary directory

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from benchmarks.sweep import main
-from conftest import write_scifact_slice
+from conftest import start_blocked_sweep, write_scifact_slice
 
 # Columns that time or place a run: they differ between any two executions of the same configuration.
 NOT_COMPARED = ["path", "created", "query_p50_ms", "query_p95_ms", "query_p50_ms_spread", "corpus_docs_per_s",
@@ -115,16 +115,8 @@ encoders:
   - {{encoder: blocking, encoder_module: blocking_encoder, perturbations: [clean]}}
   - {{encoder: bm25, preset: null, perturbations: [clean]}}
 """)
-    log, flag, marker = tmp_path / "encoded.log", tmp_path / "block", tmp_path / "blocked"
-    flag.touch()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}",
-               BLOCKING_LOG=str(log), BLOCKING_FLAG=str(flag), BLOCKING_MARKER=str(marker))
-    cmd = [sys.executable, "-m", "benchmarks.sweep", str(cfg), "--output-dir", str(out), "--quiet", "--ray"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, cmd, env, log, flag, marker = start_blocked_sweep(cfg, out, tmp_path, "--ray")
     try:
-        deadline = time.time() + 300
-        while not marker.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.1)
         assert marker.exists(), "the sweep never reached the blocking run"
         worker = int(marker.read_text())
         assert len(list(out.glob("*/blocking-*/clean/.mini-*"))) == 1
