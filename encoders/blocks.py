@@ -62,9 +62,12 @@ class MixerModel(nn.Module):
 
     def __init__(self, vocab_size: int, hidden_size: int, num_layers: int, make_mixer: Callable[[int], nn.Module],
                  intermediate_size: int, norm_eps: float = 1e-6, pad_token_id: int | None = None,
-                 initializer_range: float = 0.02):
+                 initializer_range: float = 0.02, embed_norm: bool = False):
         super().__init__()
         self.embeddings = nn.Embedding(vocab_size, hidden_size, padding_idx=pad_token_id)
+        # An RMSNorm on the token embeddings (BERT's embedding LayerNorm does the same job) starts the
+        # residual stream at rms 1, whatever the scale of embeddings copied in from a teacher.
+        self.embed_norm = nn.RMSNorm(hidden_size, eps=norm_eps) if embed_norm else None
         self.layers = nn.ModuleList(Block(hidden_size, make_mixer(i), intermediate_size, norm_eps)
                                     for i in range(num_layers))
         self.norm = nn.RMSNorm(hidden_size, eps=norm_eps)
@@ -93,6 +96,8 @@ class MixerModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         x = self.embeddings(input_ids)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
         for layer in self.layers:
             x = layer(x, attention_mask)
         return self.norm(x)

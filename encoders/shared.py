@@ -1,6 +1,7 @@
 """One block for all six: the shared-block family, for comparing sequence mixers and nothing else.
 
-Every member is `blocks.MixerModel`: token embeddings, then `num_layers` pre-norm residual blocks
+Every member is `blocks.MixerModel`: token embeddings and an RMSNorm on them, then `num_layers`
+pre-norm residual blocks
 
     x = x + mixer(RMSNorm(x), mask)
     x = x + SwiGLU-MLP(RMSNorm(x))
@@ -28,6 +29,14 @@ and saves and reloads its own checkpoint format (config.json with model_type "sh
 model.safetensors). The checkpoint-compatible encoders (`--encoder hyena`, ...) are untouched.
 Mixers that come with an upstream initialisation (Mamba's dt and A, RWKV's decays and token-shift
 mixes) keep it (`own_init`); the others get the block's normal(0, 0.02).
+
+Why the embedding norm: students start from the teacher's token embeddings (rms ~0.06, made for
+BERT's embedding LayerNorm). Without a norm the residual stream starts that small, and what each
+untrained block adds (rms 0.04-0.27 at `small`) is as large or larger. The attention mixer, nearly
+uniform at init, adds one and the same vector to every token of a text: after six blocks a text's
+token states had mean pairwise cosine 0.98 (with the norm: 0.03), and the attention student learnt
+far slower than the others (issue 17; `tests/test_shared.py::test_untrained_students_keep_tokens_apart`). Checkpoints
+saved before the norm (no `embed_norm` in config.json) load without it.
 """
 
 from __future__ import annotations
@@ -171,13 +180,14 @@ def preset_config(mixer: str, preset: str, vocab_size: int, pad_token_id: int, m
     return dict(model_type=MODEL_TYPE, mixer=mixer, vocab_size=vocab_size, hidden_size=d,
                 num_layers=p["num_layers"], num_heads=p["num_heads"], intermediate_size=gated_mlp_size(d),
                 mamba_inner=int(1.25 * d), gla_heads=max(2, p["num_heads"] // 3),
-                l_max=max(512, max_length), norm_eps=1e-6, pad_token_id=pad_token_id)
+                l_max=max(512, max_length), norm_eps=1e-6, pad_token_id=pad_token_id, embed_norm=True)
 
 
 def build_model(cfg: dict) -> MixerModel:
     mixers = MIXERS[cfg["mixer"]].build(cfg)
     return MixerModel(cfg["vocab_size"], cfg["hidden_size"], cfg["num_layers"], lambda i: mixers[i],
-                      cfg["intermediate_size"], norm_eps=cfg["norm_eps"], pad_token_id=cfg["pad_token_id"])
+                      cfg["intermediate_size"], norm_eps=cfg["norm_eps"], pad_token_id=cfg["pad_token_id"],
+                      embed_norm=cfg.get("embed_norm", False))  # absent from checkpoints saved before it
 
 
 # -- the encoders -------------------------------------------------------------------------------

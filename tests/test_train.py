@@ -11,6 +11,9 @@ from safetensors.torch import load_file
 import encoders
 from benchmarks import training as T
 from benchmarks.pipeline.cache import EmbeddingCache
+from benchmarks.pipeline.record import RunConfig
+from benchmarks.pipeline.retrievers import load_encoder
+from benchmarks.training.checkpoints import unfinished
 from benchmarks.train import main as train_main
 from benchmarks.sweep import load_sweep
 from conftest import REPO, TINY_CORPUS, shared_dataset, write_beir
@@ -122,6 +125,8 @@ def test_resume_equals_uninterrupted(name, split_dataset, tmp_path, teacher, mon
     partial = json.loads((cfg.out_dir() / "training.json").read_text())
     assert partial["complete"] is False and partial["steps_done"] == 3
     assert partial["train_seconds"] >= 3 * 3600  # the fake clock was in use
+    with pytest.raises(encoders.EncoderError, match=r"unfinished training \(3 of 5 steps done\)"):
+        load_encoder(RunConfig(encoder=name, dataset=str(split_dataset), checkpoint=str(cfg.out_dir())))
     monkeypatch.undo()
     with pytest.raises(T.TrainError, match="--resume"):
         T.train(cfg, teacher=teacher)
@@ -133,6 +138,7 @@ def test_resume_equals_uninterrupted(name, split_dataset, tmp_path, teacher, mon
         assert torch.equal(b[k], a[k]), k  # bitwise (measured); the brief allows 1e-6
     ma, mb = (json.loads((d / "training.json").read_text()) for d in (whole, resumed))
     assert ma["steps_done"] == mb["steps_done"] == 5 and mb["complete"] and mb["sessions"] == 2
+    assert unfinished(resumed) is None
     # the same weights (bitwise, above) and batch: the loss differs at most by the forward's rounding
     assert_close(mb["final_loss"]["loss"], ma["final_loss"]["loss"], **TINY)
     assert ma["budget"]["mode"] == "steps" and "primary" in ma["budget"]["note"]

@@ -96,6 +96,13 @@ def resolve_device(device: str) -> str:
 
 def load_encoder(cfg):
     """The run's encoder, as the configuration names it (a preset is initialised from the global torch seed)."""
+    from ..training.checkpoints import unfinished
+
+    # evaluated, an unfinished student would give a result under the finished one's configuration
+    why = cfg.checkpoint_path() and unfinished(cfg.checkpoint_path())
+    if why:
+        raise EncoderError(f"checkpoint {cfg.checkpoint_path()!r} is unfinished training ({why}): finish it (its "
+                           f"`benchmarks.train` command with --resume), or evaluate a copy without training.json")
     return encoders.load(cfg.encoder, checkpoint=cfg.checkpoint_path(), preset=cfg.preset, max_length=cfg.max_length,
                          batch_tokens=cfg.batch_tokens, pooling=cfg.pooling, bidirectional=cfg.bidirectional,
                          device=cfg.device, dtype=cfg.dtype, show_progress=cfg.show_progress, **cfg.encoder_options)

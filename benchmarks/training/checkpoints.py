@@ -39,3 +39,15 @@ def read_meta(out: Path) -> dict | None:
         return json.loads((out / META_FILE).read_text())
     except (OSError, ValueError):
         return None
+
+
+
+def unfinished(path: str | Path) -> str | None:
+    """Why the checkpoint at `path` is unfinished training (still being written, or stopped before
+    its budget), or None (finished, or not written by benchmarks.train)."""
+    meta = read_meta(Path(path))
+    if meta is None or meta.get("complete", True):
+        return None
+    budget = meta.get("budget") or {}
+    return (f"{meta.get('steps_done')} of {budget.get('steps') or budget.get('minutes', '?')} "
+            f"{'steps' if budget.get('steps') else 'minutes'} done")
