@@ -170,6 +170,24 @@ def completed(sweep: Sweep) -> dict[str, Path]:
     return {s["identity"]: d for d, s in found.items() if s.get("run_id") == sweep.name}
 
 
+def refuse_stale(sweep: Sweep, done: dict[str, Path]) -> None:
+    """A completed run whose checkpoint has been retrained since would be skipped and its old result
+    reported as the new student's: refuse the sweep instead, naming the runs to move away."""
+    digests, stale = {}, []
+    for cfg in sweep.points:
+        path = cfg.checkpoint_path()
+        if path is None or identity(cfg) not in done:
+            continue
+        recorded = json.loads((done[identity(cfg)] / "summary.json").read_text()).get("checkpoint_digest")
+        if path not in digests:
+            digests[path] = record.checkpoint_digest(path)
+        if recorded is not None and recorded != digests[path]:
+            stale.append(done[identity(cfg)])
+    if stale:
+        raise SweepError(f"{len(stale)} completed run(s) were made from a checkpoint that has changed since "
+                         f"(e.g. {stale[0]}); move them out of {sweep.output_dir} to run them again")
+
+
 def remove_partial(sweep: Sweep) -> int:
     """Temporary run directories a killed run left behind (`.<name>.*` beside the run dirs); those of a
     run still being written by another process are kept."""
@@ -197,6 +215,7 @@ def run_sweep(sweep: Sweep, show_progress: bool = True, dry_run: bool = False, e
     """Run the points not yet complete with `execute` (`in_processes`, the default, or `on_ray(...)`),
     adding each finished run to the runs table; a failed point is reported and the rest go on."""
     done = completed(sweep)
+    refuse_stale(sweep, done)
     todo = [c for c in sweep.points if identity(c) not in done]
     if dry_run:
         return list_sweep(sweep, done, todo)

@@ -186,6 +186,37 @@ encoders:
         load_sweep(bad)
 
 
+def test_a_run_from_a_checkpoint_retrained_since_is_refused_not_skipped(tiny_dataset, tmp_path):
+    """Same path, same configuration, so the same identity: without the recorded checkpoint digest the
+    sweep would skip the point and report the old student's result as the retrained one's."""
+    import shutil
+
+    import torch
+
+    import encoders
+
+    def save_student(seed):
+        torch.manual_seed(seed)
+        encoders.load("shared-retnet", preset="tiny", max_length=64, show_progress=False).save_pretrained(tmp_path / "student")
+
+    save_student(0)
+    cfg = write_config(tmp_path, tiny_dataset.parent, body=f"""
+name: retrained
+datasets: [tiny]
+defaults: {{data_dir: {tiny_dataset.parent}, latency_queries: 3, max_length: 64}}
+encoders:
+  - {{encoder: shared-retnet, checkpoint: {tmp_path / "student"}}}
+""")
+    out = tmp_path / "results"
+    assert run_sweep(load_sweep(cfg, str(out)), show_progress=False)["ran"] == 1
+    assert run_sweep(load_sweep(cfg, str(out)), show_progress=False)["skipped"] == 1  # unchanged: complete
+    save_student(1)  # retrained in place
+    with pytest.raises(SweepError, match=r"1 completed run\(s\) were made from a checkpoint that has changed since"):
+        run_sweep(load_sweep(cfg, str(out)), show_progress=False)
+    shutil.move(str(run_dirs(out)[0]), str(tmp_path / "old-run"))
+    assert run_sweep(load_sweep(cfg, str(out)), show_progress=False)["ran"] == 1
+
+
 def test_perturbations_option_runs_part_of_the_grid(tiny_dataset, tmp_path, capsys):
     cfg = write_config(tmp_path, tiny_dataset.parent)
     out = tmp_path / "results"

@@ -93,6 +93,21 @@ class RunConfig:
 CONFIG_FIELDS = tuple(f.name for f in fields(RunConfig))
 
 
+def checkpoint_digest(path: str | None) -> str | None:
+    """sha256 over a local checkpoint directory's weight files (names and bytes); None without a
+    checkpoint or for a hub id. A run records it, so that a sweep can tell a run whose checkpoint was
+    retrained since (same path and configuration, so the same identity, but other weights)."""
+    if not path or not Path(path).is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(Path(path).glob("*.safetensors")) + sorted(Path(path).glob("*.bin")):
+        h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 24):
+                h.update(chunk)
+    return h.hexdigest()
+
+
 # -- identity -------------------------------------------------------------------------------------
 def identity_fields(config: RunConfig | dict, drop: tuple[str, ...] = ()) -> dict:
     """The result-changing part of a configuration, canonicalised."""
@@ -145,7 +160,8 @@ def new_record(*, run_id: str, config: RunConfig, dataset: dict, retriever: dict
     """The one place the fields of a run record are listed."""
     summary = dict(
         schema=SCHEMA, run_id=run_id, identity=identity(config), group=group(config), base=base(config),
-        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), config=asdict(config), dataset=dataset,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), config=asdict(config),
+        checkpoint_digest=checkpoint_digest(config.checkpoint_path()), dataset=dataset,
         encoder=retriever, perturbation=perturbation, retrieval=retrieval, metrics=metrics, timings=timings,
         environment=environment,
     )
