@@ -21,6 +21,7 @@ from encoders.dtype import CACHE_ENV
 from .pipeline import retrievers
 from .pipeline.record import RunConfig
 from .pipeline.runner import USER_ERRORS
+from .pipeline.workers import join_ray
 
 REPO = Path(__file__).resolve().parent.parent
 # What a worker must see as this driver does: the data, the offline switch, the dtype probe's cache.
@@ -48,7 +49,7 @@ def connected(address: str | None):
         yield ray
         return
     try:
-        ray.init(address=address, include_dashboard=False)
+        join_ray(address)
     except ConnectionError as e:
         raise ClusterError(f"--ray {address}: {str(e).splitlines()[0]}") from None
     try:

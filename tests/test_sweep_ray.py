@@ -146,3 +146,18 @@ def alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as f:  # a zombie has exited
         return f.read().split()[2] != "Z"
+
+
+def test_an_address_where_nothing_answers_fails_in_seconds():
+    """Ray retries a dead address for minutes; the check before joining says so in one line at once."""
+    import socket
+
+    from benchmarks.pipeline.workers import join_ray
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.perf_counter()
+    with pytest.raises(ConnectionError, match=rf"nothing answers at 127.0.0.1:{port} .*ray start --head"):
+        join_ray(f"127.0.0.1:{port}")
+    assert time.perf_counter() - start < 10

@@ -79,11 +79,32 @@ def over_actors(actors, store, texts, todo):
     return ActorPool(actors).map_unordered(submit, todo)
 
 
+def join_ray(address: str | None, **opts) -> None:
+    """ray.init at `address` (None: start a local Ray; "auto": the one `ray start` runs here). An
+    explicit host:port where nothing answers fails in seconds with one line: Ray itself retries for
+    minutes before giving up."""
+    import socket
+
+    import ray
+
+    if address and address != "auto":
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except (OSError, ValueError) as e:
+            raise ConnectionError(f"nothing answers at {address} ({e}); is the cluster's head node "
+                                  f"running (`ray start --head`) and is that its address?") from None
+    ray.init(address=address, include_dashboard=False, **opts)
+
+
 def start_actors(cfg, fingerprint: str, n: int) -> list:
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=cfg.ray_address, include_dashboard=False, log_to_driver=False)
+        try:
+            join_ray(cfg.ray_address, log_to_driver=False)
+        except ConnectionError as e:
+            raise EncoderError(f"--ray-address {cfg.ray_address}: {str(e).splitlines()[0]}") from None
     gpu = ray.cluster_resources().get("GPU", 0) >= 1
     remote = ray.remote(num_gpus=1 if gpu else 0, num_cpus=0 if gpu else 1)(EncoderWorker)
     env = {"env_vars": {"PYTHONPATH": PROJECT}}
