@@ -202,6 +202,19 @@ def test_bad_input_is_one_line(args, message, tiny_dataset, tmp_path, capsys):
     assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
+def test_auto_dtype_resolved_otherwise_on_resume_is_refused(split_dataset, tmp_path, teacher, monkeypatch):
+    """`--dtype auto` follows the machine's probe on the CPU: a run begun in fp32 and resumed where
+    bf16 is the faster would mix the two silently."""
+    cfg = config(split_dataset, tmp_path, steps=2)
+    out = T.train(cfg, teacher=teacher)
+    meta = json.loads((out / "training.json").read_text())
+    assert meta["dtype"] == "float32" and meta["dtype_probe"]["chosen"] == "float32"  # the suite's probe
+    monkeypatch.setattr(T.TrainConfig, "resolved_dtype", lambda self: "bfloat16")
+    with pytest.raises(T.TrainError, match="trained in float32 so far, and --dtype auto gives bfloat16 here; "
+                                           "pass --dtype float32"):
+        T.train(cfg, resume=True, teacher=teacher)
+
+
 def test_encoder_without_save_pretrained_is_refused(monkeypatch):
     class NoSave(encoders.Encoder):  # a user's encoder that cannot write checkpoints
         pass

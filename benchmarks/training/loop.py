@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 import encoders
+from encoders.dtype import resolve_dtype
 
 from ..pipeline.cache import EmbeddingCache
 from ..pipeline.results import environment
@@ -86,6 +87,9 @@ def train(cfg: TrainConfig, resume: bool = False, teacher=None) -> Path:
         if meta["recipe"] != json.loads(json.dumps(cfg.recipe())):
             diff = sorted(k for k in cfg.recipe() if meta["recipe"].get(k) != cfg.recipe()[k])
             raise TrainError(f"--resume: {out} was trained with other options ({', '.join(diff)})")
+        if meta.get("dtype", cfg.resolved_dtype()) != cfg.resolved_dtype():  # `auto` differs between machines
+            raise TrainError(f"--resume: {out} was trained in {meta['dtype']} so far, and --dtype {cfg.dtype} gives "
+                             f"{cfg.resolved_dtype()} here; pass --dtype {meta['dtype']}")
 
     torch.manual_seed(cfg.seed)  # the student's random init
     opts = dict(max_length=cfg.max_length, show_progress=False, device=cfg.resolved_device(),
@@ -132,6 +136,8 @@ def train(cfg: TrainConfig, resume: bool = False, teacher=None) -> Path:
         state.update(saved)
     state["sessions"] += 1
     created = meta["created"] if meta else time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    # what `auto` measured on the CPU (encoders/dtype.py), as every run's summary records it
+    dtype_probe = resolve_dtype("auto", student.device)[1] if cfg.dtype == "auto" and student.device.type == "cpu" else None
 
     def checkpoint(complete: bool, last: dict) -> None:
         recent = [h[1] for h in state["history"][-20:]]
@@ -144,7 +150,7 @@ def train(cfg: TrainConfig, resume: bool = False, teacher=None) -> Path:
             sessions=state["sessions"], final_loss=dict(last, mean_last_20=float(np.mean(recent)) if recent else None),
             loss_curve=state["history"][::max(1, len(state["history"]) // 50)],  # [step, loss, seconds]
             data=data.describe, teacher=teacher_info, kernel_path=student.kernel_path,
-            device=str(student.device), dtype=student.dtype_name,
+            device=str(student.device), dtype=student.dtype_name, dtype_probe=dtype_probe,
             optimizer_groups=describe_groups(student, optimizer),
             num_parameters=student.num_parameters, environment=environment(student.device),
         )
