@@ -144,7 +144,8 @@ def plot_dataset(runs: pd.DataFrame, out: Path, name: str, dataset: str) -> str:
     for ax in axes:
         ax.grid(True, alpha=0.3)
         ax.set_title(dataset, fontsize=9)
-    axes[0].legend(fontsize=7)
+    if axes[0].get_legend_handles_labels()[0]:  # no middle-needle curve: nothing to name
+        axes[0].legend(fontsize=7)
     if lengths:
         axes[1].legend(fontsize=6)
     return plots.save(fig, out, name)
