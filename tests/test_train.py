@@ -11,9 +11,8 @@ from safetensors.torch import load_file
 import encoders
 from benchmarks import training as T
 from benchmarks.pipeline.cache import EmbeddingCache
-from benchmarks.pipeline.record import RunConfig
+from benchmarks.pipeline.record import RunConfig, unfinished
 from benchmarks.pipeline.retrievers import load_encoder
-from benchmarks.training.checkpoints import unfinished
 from benchmarks.train import main as train_main
 from benchmarks.sweep import load_sweep
 from conftest import REPO, TINY_CORPUS, shared_dataset, write_beir

@@ -93,6 +93,23 @@ class RunConfig:
 CONFIG_FIELDS = tuple(f.name for f in fields(RunConfig))
 
 
+TRAINING_META = "training.json"  # benchmarks.train writes it into every checkpoint, `complete` false until done
+
+
+def unfinished(path: str | Path) -> str | None:
+    """Why the checkpoint at `path` is unfinished training (being written, or stopped before its
+    budget), or None (finished, or not written by benchmarks.train)."""
+    try:
+        meta = json.loads((Path(path) / TRAINING_META).read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("complete", True):
+        return None
+    budget = meta.get("budget") or {}
+    return (f"{meta.get('steps_done')} of {budget.get('steps') or budget.get('minutes', '?')} "
+            f"{'steps' if budget.get('steps') else 'minutes'} done")
+
+
 def checkpoint_digest(path: str | None) -> str | None:
     """sha256 over a local checkpoint directory's weight files (names and bytes); None without a
     checkpoint or for a hub id. A run records it, so that a sweep can tell a run whose checkpoint was

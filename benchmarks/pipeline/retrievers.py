@@ -25,6 +25,7 @@ from .index import EXACT
 from .windows import LongDocs
 from .cache import EmbeddingCache
 from .embed import Texts, embed, embed_texts
+from .record import unfinished
 
 
 class Retriever(Protocol):
@@ -96,8 +97,6 @@ def resolve_device(device: str) -> str:
 
 def load_encoder(cfg):
     """The run's encoder, as the configuration names it (a preset is initialised from the global torch seed)."""
-    from ..training.checkpoints import unfinished
-
     # evaluated, an unfinished student would give a result under the finished one's configuration
     why = cfg.checkpoint_path() and unfinished(cfg.checkpoint_path())
     if why:

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import torch
 
+from ..pipeline.record import TRAINING_META as META_FILE
 from ..pipeline.results import atomic_dir
 from .config import TrainError
 
-STATE_FILE, META_FILE = "trainer_state.pt", "training.json"
+STATE_FILE = "trainer_state.pt"
 
 
 def token_embeddings(encoder) -> torch.nn.Embedding:
@@ -41,13 +42,3 @@ def read_meta(out: Path) -> dict | None:
         return None
 
 
-
-def unfinished(path: str | Path) -> str | None:
-    """Why the checkpoint at `path` is unfinished training (still being written, or stopped before
-    its budget), or None (finished, or not written by benchmarks.train)."""
-    meta = read_meta(Path(path))
-    if meta is None or meta.get("complete", True):
-        return None
-    budget = meta.get("budget") or {}
-    return (f"{meta.get('steps_done')} of {budget.get('steps') or budget.get('minutes', '?')} "
-            f"{'steps' if budget.get('steps') else 'minutes'} done")
