@@ -4,7 +4,9 @@
 
 keeps a seeded sample of `--queries` judged queries of `--split`, every document their qrels judge, and
 seeded other documents of the corpus up to `--documents` in all, in BEIR's layout (corpus.jsonl,
-queries.jsonl, qrels/<split>.tsv). Its scores are not comparable with the full dataset's (a smaller
+queries.jsonl, qrels/<split>.tsv). `--max-judged K` samples only among queries that judge at most K
+documents: NFCorpus judges 38 documents a query on average, so 30 of its queries would bring ~1,000
+judged documents; the slice then holds the queries with few relevant documents, which it says. Its scores are not comparable with the full dataset's (a smaller
 corpus is easier to search), only with other runs on the same slice. The folder appears whole or not at all.
 """
 
@@ -22,13 +24,16 @@ from .pipeline.results import ResultsError, atomic_dir
 
 
 def slice_dataset(dataset: str, split: str, data_dir: str | None, queries: int, documents: int, seed: int,
-                  out: Path) -> Path:
+                  out: Path, max_judged: int | None = None) -> Path:
     if out.exists():
         raise DataError(f"--out {out}: exists already (a slice is written once)")
     ds = load_dataset(dataset, split, data_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    qids = sorted(rng.sample(sorted(ds.qrels), min(queries, len(ds.qrels))))
+    pool = sorted(q for q, judged in ds.qrels.items() if max_judged is None or len(judged) <= max_judged)
+    if not pool:
+        raise DataError(f"--max-judged {max_judged}: no query of {ds.name} ({split}) judges so few documents")
+    qids = sorted(rng.sample(pool, min(queries, len(pool))))
     judged = sorted({d for q in qids for d in ds.qrels[q] if d in ds.corpus})
     others = sorted(set(ds.corpus) - set(judged))
     keep = set(judged) | set(rng.sample(others, max(0, min(documents - len(judged), len(others)))))
@@ -49,13 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir")
     p.add_argument("--queries", type=int, required=True, help="judged queries kept (a seeded sample)")
     p.add_argument("--documents", type=int, required=True, help="documents in all: the judged ones, then others")
+    p.add_argument("--max-judged", type=int, help="sample only queries that judge at most this many documents")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="the new dataset folder (must not exist)")
     args = p.parse_args(argv)
 
     def body() -> int:
         out = slice_dataset(args.dataset, args.split, args.data_dir, args.queries, args.documents, args.seed,
-                            Path(args.out))
+                            Path(args.out), args.max_judged)
         print(out)
         return 0
 

@@ -147,3 +147,24 @@ def test_nfcorpus_crlf_qrels_read_in_full():
     # The counts the shared folder's README gives (BEIR's nfcorpus test split).
     assert (len(ds.queries), len(scores), scores.count(2), scores.count(1)) == (323, 12334, 576, 11758)
     assert ds.warnings == {}
+
+
+def test_slice_keeps_judged_documents_and_honours_max_judged(tmp_path):
+    """benchmarks.slice_dataset on real NFCorpus: seeded, every judged document of the kept queries
+    present, others up to --documents, --max-judged bounding each query's judged documents."""
+    from benchmarks.slice_dataset import slice_dataset
+
+    source = shared_dataset("nfcorpus")
+    full = load_dataset(str(source))
+    a = slice_dataset(str(source), "test", None, 12, 150, 0, tmp_path / "a", max_judged=6)
+    b = slice_dataset(str(source), "test", None, 12, 150, 0, tmp_path / "b", max_judged=6)
+    assert (a / "corpus.jsonl").read_bytes() == (b / "corpus.jsonl").read_bytes()
+    part = load_dataset(str(a))
+    assert len(part.qrels) == 12 and len(part.corpus) == 150
+    for qid, judged in part.qrels.items():
+        assert judged == full.qrels[qid] and len(judged) <= 6
+        assert set(judged) <= set(part.corpus)
+    with pytest.raises(DataError, match="exists"):
+        slice_dataset(str(source), "test", None, 12, 150, 0, a)
+    with pytest.raises(DataError, match="--max-judged 0"):
+        slice_dataset(str(source), "test", None, 12, 150, 0, tmp_path / "c", max_judged=0)
