@@ -36,6 +36,7 @@ def test_end_to_end_on_tiny_dataset(tiny_dataset, tmp_path, capsys):
     assert summary["config"]["seed"] == 0 and summary["environment"]["packages"]["torch"]
     t = summary["timings"]
     assert t["corpus_encode"]["cached"] is False and t["corpus_encode"]["tokens_per_s"] > 0
+    assert 0 < t["corpus_encode"]["peak_rss_mb"] <= t["peak_rss_mb"]  # the high-water mark through encoding
     assert t["query_latency"]["n"] == 3 * 5 and t["query_latency"]["p95_ms"] >= t["query_latency"]["p50_ms"]
     assert t["query_latency"]["repeats"] == 3 and len(t["query_latency"]["p50_ms_repeats"]) == 3
     trec = (run / "run.trec").read_text().splitlines()

@@ -141,6 +141,7 @@ class DocumentTexts(Sequence):
 def retrieve(retriever, ds: Dataset, corpus: Corpus, cfg: RunConfig) -> tuple[dict, dict, dict]:
     """Index the (perturbed) corpus, search every judged query -> (run, retrieval stats, timings)."""
     index_stats = retriever.index(corpus)
+    index_stats["peak_rss_mb"] = measure.peak_rss_mb()  # through encoding; the run's peak may come later, in search
     t_search = time.perf_counter()
     drop = self_hit_rule(ds, cfg.drop_self_hits)
     run, stats = retriever.search(list(ds.queries), list(ds.queries.values()), cfg.top_k + drop)

@@ -6,8 +6,10 @@
 For each size, a synthetic corpus from SciFact's sentences (`benchmarks.synthetic`, kept under
 results/synthetic/ for the next time) is run by `python -m benchmarks.run` in a fresh subprocess, with
 no embedding cache (every document encoded). Printed side by side: the child's peak RSS (its
-ru_maxrss: the whole process, reading the corpus included), corpus documents/s (encoding alone), wall
-time, and each size's wall time against linear growth from the smallest size.
+ru_maxrss: the whole process, reading the corpus included), the run's own high-water marks from model
+load on (through encoding, and through the whole run: search reads the embedding store's pages), corpus
+documents/s (encoding alone), wall time, and each size's wall time against linear growth from the
+smallest size.
 """
 
 from __future__ import annotations
@@ -44,18 +46,19 @@ def run_one(dataset: Path, out: Path, args) -> dict:
     summary = json.loads(next(out.glob(f"*/*/*/{dataset.name}-*/summary.json")).read_text())
     enc = summary["timings"]["corpus_encode"]
     return dict(docs=summary["dataset"]["documents"], peak_rss_mb=usage.ru_maxrss / 1024, wall_s=wall,
+                encode_peak_mb=enc.get("peak_rss_mb", float("nan")), search_peak_mb=summary["timings"]["peak_rss_mb"],
                 encode_docs_per_s=enc["texts_per_s"], ndcg10=summary["metrics"]["ndcg@10"])
 
 
 def table(rows: list[dict]) -> str:
     base = rows[0]
-    lines = [f"{'documents':>10} {'peak RSS MB':>12} {'MB/1k docs':>11} {'docs/s':>8} {'wall s':>8} "
-             f"{'x linear':>9} {'NDCG@10':>8}"]
+    lines = [f"{'documents':>10} {'peak RSS MB':>12} {'MB/1k docs':>11} {'encoding MB':>12} {'run MB':>8} "
+             f"{'docs/s':>8} {'wall s':>8} {'x linear':>9} {'NDCG@10':>8}"]
     for r in rows:
         linear = base["wall_s"] * r["docs"] / base["docs"]
         lines.append(f"{r['docs']:>10} {r['peak_rss_mb']:>12.0f} {1000 * r['peak_rss_mb'] / r['docs']:>11.1f} "
-                     f"{r['encode_docs_per_s']:>8.0f} {r['wall_s']:>8.0f} {r['wall_s'] / linear:>9.2f} "
-                     f"{r['ndcg10']:>8.4f}")
+                     f"{r['encode_peak_mb']:>12.0f} {r['search_peak_mb']:>8.0f} {r['encode_docs_per_s']:>8.0f} "
+                     f"{r['wall_s']:>8.0f} {r['wall_s'] / linear:>9.2f} {r['ndcg10']:>8.4f}")
     return "\n".join(lines)
 
 
