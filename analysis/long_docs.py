@@ -70,10 +70,12 @@ def section(res: Results, out: Path, md: list[str]) -> None:
                   f"encoding seconds per document* ([SVG]({Path(path).with_suffix('.svg')}))\n")
         md.append("NDCG@10 by needle position and total length (tokens):\n\n" + md_table(ndcg_table(d)))
         md.append("\nEncoding seconds per document (needle in the middle):\n\n" + md_table(cost_table(d)))
-    table = natural_lengths(runs, res.per_query)
-    if len(table):
-        md.append("\nNDCG@10 of the clean runs by the natural length of the relevant documents (words, quartiles "
-                  "of queries):\n\n" + md_table(table))
+    tables = natural_lengths(runs, res.per_query)
+    if tables:
+        md.append("\nNDCG@10 of the clean runs by the natural length of the relevant documents (mean words of a "
+                  "query's relevant documents, quartiles of queries), per dataset:\n")
+    for dataset, table in tables.items():
+        md.append(f"\n{dataset}:\n\n" + md_table(table))
 
 
 def ndcg_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -92,12 +94,14 @@ def cost_table(runs: pd.DataFrame) -> pd.DataFrame:
     return wide[order].reset_index()
 
 
-def natural_lengths(runs: pd.DataFrame, per_query: pd.DataFrame) -> pd.DataFrame:
+def natural_lengths(runs: pd.DataFrame, per_query: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """dataset -> NDCG@10 of each clean model by quartile of its queries' relevant-document length
+    (a table per dataset: the quartiles are the dataset's own)."""
     clean = runs[runs["tokens"].isna()] if len(runs) else runs
     pq = per_query[per_query["path"].isin(clean["path"])] if len(clean) else per_query.iloc[:0]
     if pq.empty or "relevant_doc_words" not in pq or pq["relevant_doc_words"].notna().sum() == 0:
-        return pd.DataFrame()
-    rows = []
+        return {}
+    tables = {}
     for dataset, runs_d in clean.groupby("dataset"):
         d = pq[pq["path"].isin(runs_d["path"]) & pq["relevant_doc_words"].notna()]
         bucket = quantile_buckets(d.drop_duplicates("qid").set_index("qid")["relevant_doc_words"])
@@ -105,9 +109,8 @@ def natural_lengths(runs: pd.DataFrame, per_query: pd.DataFrame) -> pd.DataFrame
         g = d.assign(bucket=d["qid"].map(bucket), label=d["path"].map(labels))
         means = g.pivot_table(index="label", columns="bucket", values="ndcg@10", aggfunc="mean", observed=False)
         means.columns = [f"{b} (n={int((bucket == b).sum())})" for b in means.columns]
-        rows.append(means.reset_index().assign(dataset=dataset))
-    out = pd.concat(rows, ignore_index=True)
-    return out[["dataset", "label", *[c for c in out.columns if c not in ("dataset", "label")]]]
+        tables[dataset] = means.reset_index()
+    return tables
 
 
 def plot_dataset(runs: pd.DataFrame, out: Path, name: str, dataset: str) -> str:
@@ -157,8 +160,8 @@ def label_styles(runs: pd.DataFrame) -> dict:
     styles, seen = {}, {}
     for arch, label in sorted(set(zip(runs["arch"], runs["label"]))):
         color, marker = plots.arch_style(arch)
-        styles[label] = (color, marker, plots.LINESTYLES[seen.setdefault(arch, 0) % len(plots.LINESTYLES)])
-        seen[arch] += 1
+        styles[label] = (color, marker, plots.LINESTYLES[seen.setdefault(plots.mixer(arch), 0) % len(plots.LINESTYLES)])
+        seen[plots.mixer(arch)] += 1
     return styles
 
 

@@ -121,7 +121,8 @@ def plot_frontier(runs: pd.DataFrame, x: str, out_dir, name: str, y: str = "ndcg
             color, marker = plots.arch_style(arch)
             yerr = [(group[y] - group[f"{y}_low"]).fillna(0), (group[f"{y}_high"] - group[y]).fillna(0)]
             ax.errorbar(group[x], group[y], xerr=group[f"{x}_std"].fillna(0), yerr=yerr, fmt=marker, color=color,
-                        ms=7, capsize=3, label=arch, ls="none", mec="black", mew=0.5, zorder=3)
+                        mfc=plots.marker_face(arch, color), ms=7, capsize=3, label=arch, ls="none", mec="black",
+                        mew=0.5, zorder=3)
         # "post"/"pre": the best quality reachable within a latency budget (or above a throughput floor).
         ax.step(front[x], front[y], where="post" if better == "lower" else "pre", color="0.3", ls="--", lw=1,
                 marker="o", ms=15, mfc="none", mec="0.3", zorder=2, label="Pareto frontier")  # ringed points

@@ -18,10 +18,20 @@ EXTRA = [("tab:pink", "<"), ("tab:olive", ">"), ("tab:cyan", "h"), ("tab:gray", 
 
 
 def arch_style(arch: str) -> tuple[str, str]:
-    arch = arch.removeprefix("shared-")  # the shared-block family looks like its mixer's architecture
+    arch = mixer(arch)  # the shared-block family looks like its mixer's architecture
     if arch in ARCH_STYLES:
         return ARCH_STYLES[arch]
     return EXTRA[sum(map(ord, arch)) % len(EXTRA)]  # deterministic across runs, unlike hash()
+
+
+def mixer(arch: str) -> str:
+    return arch.removeprefix("shared-")
+
+
+def marker_face(arch: str, color: str) -> str:
+    """Hollow markers for the shared-block family, so that a student (shared-bert) and the checkpoint
+    family of its mixer (the teacher, bert) share a colour but not a look."""
+    return "white" if arch.startswith("shared-") else color
 
 
 LINESTYLES = ["-", "--", "-.", ":"]
@@ -32,9 +42,9 @@ def model_styles(runs) -> dict:
     style per model within it (e.g. a bf16 run beside the float32 one)."""
     styles, seen = {}, {}
     for arch, name in sorted(set(zip(runs["arch"], runs["name"]))):
-        color, marker = arch_style(arch)
-        styles[name] = (color, marker, LINESTYLES[seen.setdefault(arch, [0])[0] % len(LINESTYLES)])
-        seen[arch][0] += 1
+        color, marker = arch_style(arch)  # one colour per mixer, so line styles count per mixer too
+        styles[name] = (color, marker, LINESTYLES[seen.setdefault(mixer(arch), [0])[0] % len(LINESTYLES)])
+        seen[mixer(arch)][0] += 1
     return styles
 
 

@@ -159,6 +159,15 @@ def test_frontier_labels_leave_out_a_dtype_every_point_shares(tmp_path, monkeypa
     assert not any(label.endswith("bf16") for label in labels)
 
 
+def test_a_student_and_its_teacher_never_look_alike():
+    """The shared-block attention student (shared-bert) takes BERT's colour; the frontier draws it
+    hollow, and line styles count per mixer, so neither figure shows it as the teacher."""
+    runs = pd.DataFrame({"arch": ["bert", "shared-bert", "bert"], "name": ["teacher", "student", "teacher bf16"]})
+    styles = plots.model_styles(runs)
+    assert len({styles[n] for n in runs["name"]}) == 3 and styles["teacher"][0] == styles["student"][0]
+    assert plots.marker_face("shared-bert", "tab:blue") != plots.marker_face("bert", "tab:blue")
+
+
 def test_label_connectors_leave_from_the_corner_nearest_the_point():
     fig, (ax,) = plots.subplots(1)
     xs, ys = [1, 2, 3, 4], [1, 3, 2, 4]

@@ -213,6 +213,11 @@ def test_report_per_dataset_pooled_with_seed_intervals(multi, tmp_path):
     assert float(pooled["mean Δ"]) == pytest.approx(direct["mean_diff"], abs=5e-4)  # the table's 4 digits
     assert float(pooled["p"]) == pytest.approx(direct["p"], abs=5e-4) and int(pooled["n"]) == 12 + 8
     assert float(pooled["seeds"]) == 2
+    # Natural document lengths: a table per dataset over its own quartiles, every cell filled.
+    for dataset, queries in (("nfcorpus", 8), ("scifact", 12)):
+        lengths = table_after(md, f"\n{dataset}:\n\n| label")
+        assert len(lengths.columns) == 5 and not (lengths == "").any().any()
+        assert sum(int(re.search(r"n=(\d+)", c)[1]) for c in lengths.columns[1:]) == queries
     # Figures: the frontier per dataset and pooled; categories with the queries' real texts.
     for name in ("frontier_latency", "frontier_pooled"):
         assert (out / f"{name}.png").stat().st_size > 1000
