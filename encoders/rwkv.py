@@ -46,6 +46,24 @@ WKV_CHUNKED_WIDTH = 1536
 WKV_RANGE, WKV_TIME_FIRST = 60.0, 20.0
 
 
+def wkv(att, key: torch.Tensor, value: torch.Tensor, mode: str = "auto") -> torch.Tensor:
+    """WKV of transformers' RwkvSelfAttention `att` (no carried state): the CUDA kernel where it
+    loaded, else the recurrence or the chunked form as `mode` says. One home for the choice, so that
+    the RWKV encoder and the shared block's RWKV mixer (encoders/shared.py) run the same kernels."""
+    from transformers.models.rwkv import modeling_rwkv as hf
+
+    kernel = hf.rwkv_cuda_kernel
+    batch, length, channels = key.shape
+    if (key.is_cuda and kernel is not None and 1 < length <= kernel.max_seq_length
+            and batch * channels % min(channels, 32) == 0):
+        return hf.RwkvLinearAttention.apply(att.time_decay, att.time_first, key, value, None, False)[0]
+    chunked = mode == "chunked" or (mode == "auto" and batch * channels <= WKV_CHUNKED_WIDTH)
+    out = wkv_chunked(att.time_decay, att.time_first, key, value) if chunked else None
+    if out is None:  # the recurrence by choice, or a call outside the chunked form's exponent range
+        out = hf.rwkv_linear_attention_cpu(att.time_decay, att.time_first, key, value)[0]
+    return out
+
+
 def wkv_chunked(time_decay, time_first, key, value, chunk_size: int = WKV_CHUNK):
     """RWKV-4's WKV, the function transformers' `rwkv_linear_attention_cpu` computes (its output), in
     chunks: parallel within a chunk, recurrent across chunks. With w = -exp(time_decay) < 0 and
@@ -275,18 +293,7 @@ class RwkvEncoder(Encoder):
 
     # -- forward --------------------------------------------------------------------------------
     def wkv(self, att, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        from transformers.models.rwkv import modeling_rwkv as hf
-
-        kernel = hf.rwkv_cuda_kernel
-        batch, length, channels = key.shape
-        if (key.is_cuda and kernel is not None and 1 < length <= kernel.max_seq_length
-                and batch * channels % min(channels, 32) == 0):
-            return hf.RwkvLinearAttention.apply(att.time_decay, att.time_first, key, value, None, False)[0]
-        chunked = self.wkv_mode == "chunked" or (self.wkv_mode == "auto" and batch * channels <= WKV_CHUNKED_WIDTH)
-        out = wkv_chunked(att.time_decay, att.time_first, key, value) if chunked else None
-        if out is None:  # the recurrence by choice, or a call outside the chunked form's exponent range
-            out = hf.rwkv_linear_attention_cpu(att.time_decay, att.time_first, key, value)[0]
-        return out
+        return wkv(att, key, value, self.wkv_mode)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         # RwkvModel.forward, block by block, with one difference: transformers' inference-time

@@ -96,7 +96,9 @@ class MambaMixer(nn.Module):
 
 class RwkvTimeMix(nn.Module):
     """transformers' RwkvSelfAttention (RWKV-4 time-mix) as a block mixer, with RWKV's initialisation.
-    Causal and recurrent: with right padding real tokens never see a pad."""
+    Causal and recurrent: with right padding real tokens never see a pad. Its forward, with WKV as the
+    RWKV encoder runs it (encoders/rwkv.wkv: the chunked form for narrow calls such as one query or a
+    long text, where transformers' CPU path loops over every time step)."""
     own_init = True
 
     def __init__(self, attention: nn.Module):
@@ -104,7 +106,11 @@ class RwkvTimeMix(nn.Module):
         self.attention = attention
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.attention(x)[0]
+        from .rwkv import wkv
+
+        att = self.attention
+        receptance, key, value, _ = att.extract_key_value(x)
+        return att.output(receptance * wkv(att, key, value))
 
 
 def attention_mixers(cfg: dict) -> list[nn.Module]:

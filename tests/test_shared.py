@@ -156,3 +156,22 @@ def test_a_checkpoint_saved_before_the_embedding_norm_loads_without_it(tmp_path)
     old = encoders.load("shared-retnet", checkpoint=str(tmp_path / "old"), max_length=32, show_progress=False)
     assert old.model.embed_norm is None
     assert old.weights_digest() == enc.weights_digest()
+
+
+def test_rwkv_mixer_runs_the_rwkv_encoders_wkv(monkeypatch):
+    """The shared RWKV mixer picks its WKV as the RWKV encoder does (encoders/rwkv.wkv): the chunked
+    form for a narrow call (one query, a long text), where transformers' CPU path steps through every
+    token in Python, the recurrence for a wide one; both equal transformers' own forward."""
+    import encoders.rwkv as rwkv
+
+    torch.manual_seed(0)
+    enc = encoders.load("shared-rwkv", preset="tiny", max_length=512, show_progress=False, dtype="float32")
+    mixer = enc.model.layers[0].attn
+    calls = []
+    chunked = rwkv.wkv_chunked
+    monkeypatch.setattr(rwkv, "wkv_chunked", lambda *a, **k: calls.append(a[2].shape) or chunked(*a, **k))
+    for batch, length in ((1, 300), (32, 40)):  # 1 x 64 channels: narrow; 32 x 64 = 2048 > 1536: wide
+        x = torch.randn(batch, length, 64)
+        with torch.no_grad():
+            assert torch.allclose(mixer(x, None), mixer.attention(x)[0], atol=1e-4, rtol=1e-4)
+    assert calls == [torch.Size([1, 300, 64])]
