@@ -6,8 +6,9 @@ keeps a seeded sample of `--queries` judged queries of `--split`, every document
 seeded other documents of the corpus up to `--documents` in all, in BEIR's layout (corpus.jsonl,
 queries.jsonl, qrels/<split>.tsv). `--max-judged K` samples only among queries that judge at most K
 documents: NFCorpus judges 38 documents a query on average, so 30 of its queries would bring ~1,000
-judged documents; the slice then holds the queries with few relevant documents, which it says. Its scores are not comparable with the full dataset's (a smaller
-corpus is easier to search), only with other runs on the same slice. The folder appears whole or not at all.
+judged documents; such a slice holds only queries with few relevant documents (say so where its
+scores are reported). A slice's scores are not comparable with the full dataset's (a smaller corpus is
+easier to search), only with other runs on the same slice. The folder appears whole or not at all.
 """
 
 from __future__ import annotations
