@@ -292,9 +292,6 @@ class RwkvEncoder(Encoder):
         self.tokenizer.save_pretrained(str(directory))
 
     # -- forward --------------------------------------------------------------------------------
-    def wkv(self, att, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        return wkv(att, key, value, self.wkv_mode)
-
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         # RwkvModel.forward, block by block, with one difference: transformers' inference-time
         # rescaling (halve the hidden state every `rescale_every` layers, against fp16 overflow)
@@ -309,7 +306,7 @@ class RwkvEncoder(Encoder):
                 hidden = block.pre_ln(hidden)
             att = block.attention
             receptance, key, value, _ = att.extract_key_value(block.ln1(hidden))
-            hidden = hidden + att.output(receptance * self.wkv(att, key, value) / scale)
+            hidden = hidden + att.output(receptance * wkv(att, key, value, self.wkv_mode) / scale)
             ffn, x = block.feed_forward, block.ln2(hidden)
             shifted = ffn.time_shift(x)  # token shift: x_{t-1}, zero at t = 0
             key = torch.square(torch.relu(ffn.key(x * ffn.time_mix_key + shifted * (1 - ffn.time_mix_key))))
