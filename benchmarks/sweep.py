@@ -206,6 +206,14 @@ def select_perturbations(sweep: Sweep, specs: list[str], path) -> Sweep:
     return Sweep(sweep.name, sweep.output_dir, [c for c in sweep.points if c.perturbation in wanted])
 
 
+def select_datasets(sweep: Sweep, names: list[str], path) -> Sweep:
+    """The part of the grid on these datasets (each must be in the grid)."""
+    missing = sorted(set(names) - {c.dataset for c in sweep.points})
+    if missing:
+        raise SweepError(f"--datasets: {', '.join(missing)} not in the grid of {path}")
+    return Sweep(sweep.name, sweep.output_dir, [c for c in sweep.points if c.dataset in names])
+
+
 def describe(cfg: RunConfig) -> str:
     what = cfg.checkpoint_path() or cfg.preset or "default"
     return f"{cfg.encoder}({what}) {cfg.dataset} {cfg.perturbation} seed {cfg.seed}"
@@ -306,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="list the runs and which are complete; run nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--perturbations", help="only this part of the grid, e.g. clean,prune:0.5 (comma-separated)")
+    p.add_argument("--datasets", help="only this part of the grid, e.g. scifact (comma-separated)")
     p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                    help="run the points as Ray tasks: on a local Ray (no ADDRESS), or on the cluster at ADDRESS "
                         "('auto': the one `ray start` runs on this machine)")
@@ -325,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         sweep = load_sweep(args.config, args.output_dir)
         if args.perturbations:
             sweep = select_perturbations(sweep, args.perturbations.split(","), args.config)
+        if args.datasets:
+            sweep = select_datasets(sweep, [d.strip() for d in args.datasets.split(",")], args.config)
         if args.ray is None:
             outcome = run_sweep(sweep, show_progress=not args.quiet, dry_run=args.dry_run)
         else:

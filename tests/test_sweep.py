@@ -1,6 +1,7 @@
 """Sweeps: the grid, resume after a kill, the runs table, and one-line errors for bad sweep files."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -293,3 +294,22 @@ def test_runs_table_has_one_writer_at_a_time(tiny_dataset, tmp_path):
         assert writer.is_alive() and not (out / "runs.parquet").exists()  # waiting for the lock
     writer.join(10)
     assert len(pd.read_parquet(out / "runs.parquet")) == 2
+
+
+def test_datasets_option_runs_part_of_the_grid(tiny_dataset, tmp_path, capsys):
+    data = tiny_dataset.parent
+    shutil.copytree(tiny_dataset, data / "tiny2")
+    cfg = write_config(tmp_path, data, f"""
+name: mini
+datasets: [tiny, tiny2]
+defaults: {{data_dir: {data}, latency_queries: 3, max_length: 64}}
+perturbations: [clean, token-shuffle]
+encoders:
+  - {{encoder: bm25}}
+""")
+    out = tmp_path / "results"
+    assert main([str(cfg), "--output-dir", str(out), "--dry-run", "--datasets", "tiny2"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == 3 and all(" tiny2 " in line for line in listed[:2]), listed
+    assert main([str(cfg), "--output-dir", str(out), "--datasets", "scifact"]) == 2
+    assert "--datasets: scifact not in the grid" in capsys.readouterr().err
