@@ -30,8 +30,7 @@ import time
 import torch
 
 from benchmarks.pipeline.measure import matmul_peak, memory_bandwidth
-
-ARCHITECTURES = ("bert", "mamba", "rwkv", "hyena", "retnet", "gla")
+from encoders import ARCHITECTURES
 LENGTHS = (128, 256, 512, 2048)
 
 
