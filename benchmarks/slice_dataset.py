@@ -8,7 +8,9 @@ queries.jsonl, qrels/<split>.tsv). `--max-judged K` samples only among queries t
 documents: NFCorpus judges 38 documents a query on average, so 30 of its queries would bring ~1,000
 judged documents; such a slice holds only queries with few relevant documents (say so where its
 scores are reported). A slice's scores are not comparable with the full dataset's (a smaller corpus is
-easier to search), only with other runs on the same slice. The folder appears whole or not at all.
+easier to search), only with other runs on the same slice. The folder appears whole or not at all, with
+`slice.json` saying how it was drawn (SLICE_RECORD); every run on it copies that into its summary
+(`dataset.slice`), so a score on a slice cannot pass for one on the whole dataset.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sys
 from pathlib import Path
 
 from .cli import run_command
-from .pipeline.data import DataError, load_dataset
+from .pipeline.data import SLICE_RECORD, DataError, load_dataset
 from .pipeline.results import ResultsError, atomic_dir
 
 
@@ -45,6 +47,10 @@ def slice_dataset(dataset: str, split: str, data_dir: str | None, queries: int, 
         (tmp / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": ds.queries[q]}) + "\n" for q in qids))
         lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{s}" for q in qids for d, s in ds.qrels[q].items()]
         (tmp / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+        rule = dict(source=ds.name, split=split, queries=queries, documents=documents, max_judged=max_judged,
+                    seed=seed, kept=dict(queries=len(qids), documents=len(keep), judged_documents=len(judged)),
+                    source_size=dict(queries=len(ds.qrels), documents=len(ds.corpus)))
+        (tmp / SLICE_RECORD).write_text(json.dumps(rule, indent=1) + "\n")
     return out
 
 

@@ -164,6 +164,12 @@ def test_slice_keeps_judged_documents_and_honours_max_judged(tmp_path):
     for qid, judged in part.qrels.items():
         assert judged == full.qrels[qid] and len(judged) <= 6
         assert set(judged) <= set(part.corpus)
+    # The slice says how it was drawn, and a dataset loaded from it carries that into run records.
+    rule = json.loads((a / "slice.json").read_text())
+    assert rule == dict(source="nfcorpus", split="test", queries=12, documents=150, max_judged=6, seed=0,
+                        kept=dict(queries=12, documents=150, judged_documents=rule["kept"]["judged_documents"]),
+                        source_size=dict(queries=len(full.qrels), documents=len(full.corpus)))
+    assert part.describe()["slice"] == rule and "slice" not in full.describe()
     with pytest.raises(DataError, match="exists"):
         slice_dataset(str(source), "test", None, 12, 150, 0, a)
     with pytest.raises(DataError, match="--max-judged 0"):

@@ -20,6 +20,9 @@ from pathlib import Path
 from .corpus import Corpus, duplicate
 
 
+SLICE_RECORD = "slice.json"  # written by benchmarks.slice_dataset into the folders it makes
+
+
 class DataError(Exception):
     """Missing or malformed dataset files; the CLI prints it as one line."""
 
@@ -35,9 +38,13 @@ class Dataset:
     warnings: dict[str, int] = field(default_factory=dict)
 
     def describe(self) -> dict:
-        return dict(name=self.name, path=str(self.path), split=self.split, documents=len(self.corpus),
-                    queries=len(self.queries), judgments=sum(len(v) for v in self.qrels.values()),
-                    warnings=self.warnings)
+        out = dict(name=self.name, path=str(self.path), split=self.split, documents=len(self.corpus),
+                   queries=len(self.queries), judgments=sum(len(v) for v in self.qrels.values()),
+                   warnings=self.warnings)
+        rule = Path(self.path) / SLICE_RECORD
+        if rule.is_file():  # a slice (benchmarks.slice_dataset): how it was drawn goes with every score on it
+            out["slice"] = json.loads(rule.read_text())
+        return out
 
 
 def search_dirs(data_dir: str | Path | None = None) -> list[Path]:
