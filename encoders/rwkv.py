@@ -52,16 +52,28 @@ def wkv(att, key: torch.Tensor, value: torch.Tensor, mode: str = "auto") -> torc
     the RWKV encoder and the shared block's RWKV mixer (encoders/shared.py) run the same kernels."""
     from transformers.models.rwkv import modeling_rwkv as hf
 
+    form = wkv_form(key, mode)
+    if form == "cuda":
+        return hf.RwkvLinearAttention.apply(att.time_decay, att.time_first, key, value, None, False)[0]
+    out = wkv_chunked(att.time_decay, att.time_first, key, value) if form == "chunked" else None
+    if out is None:  # the recurrence by choice, or a call outside the chunked form's exponent range
+        out = hf.rwkv_linear_attention_cpu(att.time_decay, att.time_first, key, value)[0]
+    return out
+
+
+def wkv_form(key: torch.Tensor, mode: str = "auto") -> str:
+    """Which form `wkv` runs for keys of this shape and device: "cuda" (transformers' kernel),
+    "chunked" or "recurrence" (the chunked form may still hand a call outside its exponent range to
+    the recurrence)."""
+    from transformers.models.rwkv import modeling_rwkv as hf
+
     kernel = hf.rwkv_cuda_kernel
     batch, length, channels = key.shape
     if (key.is_cuda and kernel is not None and 1 < length <= kernel.max_seq_length
             and batch * channels % min(channels, 32) == 0):
-        return hf.RwkvLinearAttention.apply(att.time_decay, att.time_first, key, value, None, False)[0]
+        return "cuda"
     chunked = mode == "chunked" or (mode == "auto" and batch * channels <= WKV_CHUNKED_WIDTH)
-    out = wkv_chunked(att.time_decay, att.time_first, key, value) if chunked else None
-    if out is None:  # the recurrence by choice, or a call outside the chunked form's exponent range
-        out = hf.rwkv_linear_attention_cpu(att.time_decay, att.time_first, key, value)[0]
-    return out
+    return "chunked" if chunked else "recurrence"
 
 
 def wkv_chunked(time_decay, time_first, key, value, chunk_size: int = WKV_CHUNK):

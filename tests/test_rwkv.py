@@ -215,3 +215,24 @@ def test_encoder_wkv_modes_agree():
     assert close(outs["chunked"], outs["recurrent"]) and close(outs["auto"], outs["recurrent"])
     with pytest.raises(EncoderError, match="wkv"):
         tiny(wkv="parallel")
+
+
+def test_wkv_form_is_the_form_wkv_runs(monkeypatch):
+    """`wkv_form` names what `wkv` runs: chunked up to WKV_CHUNKED_WIDTH batch x channels under auto,
+    the recurrence beyond it, and what a mode forces."""
+    from transformers.models.rwkv import modeling_rwkv as hf
+
+    from encoders import rwkv
+
+    calls = []
+    recurrence = hf.rwkv_linear_attention_cpu
+    monkeypatch.setattr(hf, "rwkv_linear_attention_cpu", lambda *a: calls.append("recurrence") or recurrence(*a))
+    att = tiny().model.blocks[0].attention
+    channels = att.time_decay.numel()
+    for batch, mode in [(1, "auto"), (rwkv.WKV_CHUNKED_WIDTH // channels + 1, "auto"), (1, "recurrent"), (8, "chunked")]:
+        key, value = torch.randn(2, batch, 6, channels)
+        calls.clear()
+        rwkv.wkv(att, key, value, mode)
+        assert rwkv.wkv_form(key, mode) == (calls[0] if calls else "chunked"), (batch, mode)
+    assert rwkv.wkv_form(torch.randn(1, 6, channels), "auto") == "chunked"
+    assert rwkv.wkv_form(torch.randn(rwkv.WKV_CHUNKED_WIDTH // channels + 1, 6, channels), "auto") == "recurrence"

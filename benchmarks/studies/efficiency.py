@@ -13,7 +13,8 @@ gives the best matmul rate seen and the memory bandwidth (a large array copy).
 
 For Mamba (fp32, chunked CPU scan) it also times the selective scan alone at the same shapes and
 prints the bytes per second it moves against the measured copy bandwidth: the bound of a scan whose
-work is elementwise passes over memory, not GEMMs.
+work is elementwise passes over memory, not GEMMs. For RWKV (fp32, CPU) it times the WKV alone, in
+the form the encoder picks at that shape, as a share of the forward.
 
 An encoder spec `name:key=value:...` passes options to `encoders.load`, so one run can put a fast
 path next to its reference form (values are parsed as int, float, or left as text).
@@ -127,6 +128,26 @@ def mamba_scan_bound(encoder, length: int, tokens: int, repeats: int) -> tuple[f
     return per_token, SCAN_BYTES_PER_STATE * N * E * batch * length / best, working_set, memory_bandwidth(working_set / 2**21)
 
 
+def rwkv_wkv_share(encoder, length: int, tokens: int, repeats: int) -> tuple[float, str]:
+    """RWKV's WKV alone at the encoder's shapes (random keys and values, one layer's decays, the
+    encoder's own choice of form): seconds per token over all layers, and the form that ran. Against
+    the forward's time it says how much of RWKV's shortfall is the WKV and how much the rest."""
+    from encoders.rwkv import wkv, wkv_form
+
+    cfg = encoder.model.config
+    batch, channels = max(1, tokens // length), cfg.attention_hidden_size
+    g = torch.Generator().manual_seed(0)
+    key, value = torch.randn(2, batch, length, channels, generator=g)
+    att = encoder.model.blocks[0].attention
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            wkv(att, key, value, encoder.wkv_mode)
+            best = min(best, time.perf_counter() - start)
+    return best * cfg.num_hidden_layers / (batch * length), wkv_form(key, encoder.wkv_mode)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.studies.efficiency", description=__doc__.split("\n")[0])
     p.add_argument("--encoders", default=",".join(ARCHITECTURES),
@@ -163,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     peaks = {d: PeakGemm(DTYPES[d]) for d in dtypes}
     best_peak = {d: matmul_peak(DTYPES[d]) for d in dtypes}  # the full-size GEMM, for the header
     bandwidth = memory_bandwidth()
-    rows, bounds = [], []
+    rows, bounds, wkv_rows = [], [], []
     for spec, (name, opts) in zip(args.encoders.split(","), specs):
         for dtype in dtypes:
             torch.manual_seed(0)
@@ -183,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
             if name == "mamba" and dtype == "float32" and enc.kernel_path.startswith("chunked-scan"):
                 bounds.append((spec, [(L, *mamba_scan_bound(enc, L, args.tokens, args.repeats), s)
                                       for L, s in zip(lengths, seconds_per_token)]))
+            if name == "rwkv" and dtype == "float32" and enc.device.type == "cpu":
+                wkv_rows.append((spec, [(L, *rwkv_wkv_share(enc, L, args.tokens, args.repeats), s)
+                                        for L, s in zip(lengths, seconds_per_token)]))
             print(f"measured {spec} {dtype}", file=sys.stderr, flush=True)
     bandwidth = max(bandwidth, memory_bandwidth())
 
@@ -201,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  length {L}: {scan * 1e6:.1f} us/token = {scan / forward:.0%} of the forward; moves "
                   f"{moved / 1e9:.1f} GB/s = {moved / bandwidth:.0%} of main memory's copy bandwidth, "
                   f"{moved / cached:.0%} of a copy at its working set ({working_set / 2**20:.1f} MiB: {cached / 1e9:.1f} GB/s)")
+    for spec, cells in wkv_rows:
+        print(f"\n{spec}: the WKV alone (fp32, all layers) against the forward:")
+        for L, seconds, form, forward in cells:
+            print(f"  length {L}: {seconds * 1e6:.1f} us/token ({form}) = {seconds / forward:.0%} of the forward")
     return 0
 
 
