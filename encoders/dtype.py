@@ -52,12 +52,31 @@ def time_matmul(dtype: str, shape: tuple[int, int, int], device: torch.device, r
 
 
 def machine_key(device: torch.device) -> str:
-    """What the probe's answer depends on: the processor, torch's version and its thread count."""
+    """What the probe's answer depends on: the processor (on a CPU with its matrix instruction sets),
+    torch's version and its thread count."""
     if device.type == "cuda":
         proc = torch.cuda.get_device_name(device)
     else:
-        proc = cpu_model()
+        proc = "+".join([cpu_model(), *cpu_matrix_flags()])
     return f"{device.type}|{proc}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+
+
+# The instruction sets that decide whether bf16 beats fp32 on a CPU. A virtual machine often names
+# its processor only "Intel(R) Xeon(R) Processor", whether it has AMX tiles (bf16 ~4-8x fp32 here)
+# or no bf16 units at all (bf16 a quarter of fp32): with a home directory shared by unlike nodes,
+# the model name alone would hand one kind the other's answer.
+MATRIX_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_matrix_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                return [f for f in MATRIX_FLAGS if f in present]
+    except OSError:
+        pass
+    return []
 
 
 def cpu_model() -> str:

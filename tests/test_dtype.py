@@ -48,6 +48,20 @@ def test_probe_picks_the_faster_and_caches_it(fastest, probe_file, monkeypatch):
     assert len(calls) == 2 * probed and len(json.loads(probe_file.read_text())) == 2
 
 
+def test_cpus_named_alike_with_other_matrix_units_probe_apart(probe_file, monkeypatch):
+    # Both Intel kinds this project runs on call themselves "Intel(R) Xeon(R) Processor"; one has AMX.
+    calls = []
+    monkeypatch.setattr(dt, "time_matmul", fake_matmul_times({"float32": 0.01, "bfloat16": 0.04}, calls))
+    monkeypatch.setattr(dt, "cpu_model", lambda: "Intel(R) Xeon(R) Processor")
+    monkeypatch.setattr(dt, "cpu_matrix_flags", lambda: ["avx2", "avx512f"])
+    assert dt.resolve_dtype("auto", "cpu")[0] == "float32"
+    monkeypatch.setattr(dt, "time_matmul", fake_matmul_times({"float32": 0.04, "bfloat16": 0.01}, calls))
+    monkeypatch.setattr(dt, "cpu_matrix_flags", lambda: ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"])
+    name, info = dt.resolve_dtype("auto", "cpu")
+    assert name == "bfloat16" and info["cached"] is False and "amx_bf16" in info["machine"]
+    assert len(json.loads(probe_file.read_text())) == 2
+
+
 def test_explicit_dtype_is_not_probed(probe_file, monkeypatch):
     monkeypatch.setattr(dt, "time_matmul", lambda *a, **k: pytest.fail("probed"))
     assert dt.resolve_dtype("bfloat16", "cpu") == ("bfloat16", None)
