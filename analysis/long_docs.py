@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
 
 from . import plots
 from .load import Results, latest_per_config
@@ -129,28 +130,31 @@ def plot_dataset(runs: pd.DataFrame, out: Path, name: str, dataset: str) -> str:
     full = needle.groupby("tokens")["position"].nunique()
     lengths = sorted(full[full == len(POSITIONS)].index)
     for label, g in needle[needle["tokens"].isin(lengths)].groupby("label"):
-        color, marker, _ = styles[label]
-        for i, tokens in enumerate(lengths):
+        color, marker, ls = styles[label]
+        for i, tokens in enumerate(lengths):  # one length: the model's own line; several: a style each
             s = g[g["tokens"] == tokens].set_index("position")["ndcg@10"].reindex(list(POSITIONS))
             axes[1].plot(range(len(POSITIONS)), s.to_numpy(), color=color, marker=marker, mec="black", mew=0.4,
-                         ls=plots.LINESTYLES[i % len(plots.LINESTYLES)], label=f"{label}, {int(tokens)}")
+                         ls=ls if len(lengths) == 1 else plots.LINESTYLES[i % len(plots.LINESTYLES)])
     for ax in (axes[0], axes[2]):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("needle document length (tokens)")
         plots.plain_log_ticks(ax.xaxis)
     axes[0].set_ylabel("NDCG@10 (needle in the middle)")
     axes[1].set_xticks(range(len(POSITIONS)), POSITIONS)
-    axes[1].set_xlabel("needle position" + ("" if lengths else " (no length has all three)"))
+    axes[1].set_xlabel("needle position" + (f" ({int(lengths[0])} tokens)" if len(lengths) == 1 else
+                                            "" if lengths else " (no length has all three)"))
     axes[1].set_ylabel("NDCG@10")
+    if len(lengths) > 1:
+        axes[1].legend([Line2D([], [], color="black", ls=plots.LINESTYLES[i % len(plots.LINESTYLES)])
+                        for i in range(len(lengths))], [f"{int(t)} tokens" for t in lengths], fontsize=7)
     axes[2].set_yscale("log")
     axes[2].set_ylabel("encoding seconds per document")
     for ax in axes:
         ax.grid(True, alpha=0.3)
         ax.set_title(dataset, fontsize=9)
-    if axes[0].get_legend_handles_labels()[0]:  # no middle-needle curve: nothing to name
-        axes[0].legend(fontsize=7)
-    if lengths:
-        axes[1].legend(fontsize=6)
+    # One legend for the three panels, below them, so that no curve hides behind it.
+    fig.legend([Line2D([], [], color=c, marker=m, ls=ls, mec="black", mew=0.4) for c, m, ls in styles.values()],
+               list(styles), loc="outside lower center", ncols=min(3, len(styles)), fontsize=7, handlelength=3.5)
     return plots.save(fig, out, name)
 
 
