@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -164,10 +165,46 @@ def section_headline(res: Results, md: list[str], plan: Comparisons, family: err
     md.append("NDCG@10: mean over seeds [95% t-interval over seeds; none for one seed]. Query latency: p50 at "
               "batch 1, mean over datasets, ± the root mean square of each dataset's spread (over repeated runs, "
               "or a single run's own timing repeats).\n\n" + md_table(table.sort_values("model")))
+    if res.runs["perturbation"].nunique() > 1:
+        md.append("\nNDCG@10 under every condition, per dataset (mean over seeds; the conditions as in "
+                  "sections 3 and 4):\n\n" + grid_markdown(grid_tables(res.runs)))
     sig = family.get("architectures")
     if len(sig):
         md.append(f"\nAgainst {plan.reference} (ΔNDCG@10 = model − reference; per dataset, and pooled over the "
                   "datasets both ran on):\n\n" + seed_significance_table(sig) + "\n" + family_note(family, resamples) + "\n")
+
+
+KIND_ORDER = {"clean": 0, "model": 1, "input": 2, "mixed": 3}
+
+
+def condition_order(runs: pd.DataFrame) -> list[str]:
+    """The perturbations of `runs`: clean, then model, input and mixed ones, numbers in numeric order."""
+    kinds = runs.groupby("perturbation")["kind"].first()
+    natural = lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p)]  # noqa: E731
+    return sorted(kinds.index, key=lambda p: (KIND_ORDER.get(kinds[p], 4), natural(p)))
+
+
+def grid_tables(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """NDCG@10 of each model (rows, by name) under each condition (columns): one table per dataset
+    (mean over seeds), and, over several datasets, "mean over datasets" (the mean of each dataset's
+    mean, for the models and conditions that ran on every dataset)."""
+    per_seed = runs.groupby(["dataset", "name", "perturbation", "seed"])["ndcg@10"].mean()
+    means = per_seed.groupby(level=["dataset", "name", "perturbation"]).mean().unstack("perturbation")
+    columns = condition_order(runs)
+    tables = {d: means.loc[d].reindex(columns=columns).dropna(how="all", axis=1) for d in sorted(runs["dataset"].unique())}
+    if len(tables) > 1:
+        stacked = means.reindex(columns=columns)
+        complete = stacked.notna().groupby(level="name").sum() == len(tables)
+        pooled = stacked.groupby(level="name").mean().where(complete).dropna(how="all").dropna(how="all", axis=1)
+        if len(pooled):
+            tables["mean over datasets"] = pooled
+    return tables
+
+
+def grid_markdown(tables: dict[str, pd.DataFrame]) -> str:
+    return "\n".join(f"{name}:\n\n" + md_table(t.map(lambda v: f"{v:.4f}" if pd.notna(v) else "").reset_index()
+                                              .rename(columns={"name": "model"}))
+                     for name, t in tables.items())
 
 
 def seed_significance_table(sig: pd.DataFrame) -> str:

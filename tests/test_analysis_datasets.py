@@ -103,6 +103,29 @@ def test_query_type_rules_on_real_queries(name):
         assert categories.query_type(queries[qid]) == label, (qid, queries[qid])
 
 
+def test_grid_tables_by_hand():
+    """Per dataset: mean over seeds (two runs of one seed count once); pooled: models and conditions
+    that ran on every dataset; columns clean, model, then input perturbations, numbers numerically."""
+    rows = [("scifact", "m", "clean", "clean", 0, 0.50), ("scifact", "m", "clean", "clean", 1, 0.70),
+            ("scifact", "m", "truncate:head:128", "input", 0, 0.40), ("scifact", "m", "truncate:head:64", "input", 0, 0.30),
+            ("scifact", "m", "prune:0.5", "model", 0, 0.20), ("scifact", "m", "prune:0.5", "model", 0, 0.40),
+            ("scifact", "bm25", "clean", "clean", 0, 0.60),
+            ("nfcorpus", "m", "clean", "clean", 0, 0.30), ("nfcorpus", "m", "truncate:head:64", "input", 0, 0.10)]
+    runs = pd.DataFrame(rows, columns=["dataset", "name", "perturbation", "kind", "seed", "ndcg@10"])
+    tables = report.grid_tables(runs)
+    assert list(tables) == ["nfcorpus", "scifact", "mean over datasets"]
+    assert list(tables["scifact"].columns) == ["clean", "prune:0.5", "truncate:head:64", "truncate:head:128"]
+    assert tables["scifact"].loc["m", "clean"] == pytest.approx(0.6)
+    assert tables["scifact"].loc["m", "prune:0.5"] == pytest.approx(0.3)
+    assert np.isnan(tables["scifact"].loc["bm25", "prune:0.5"])
+    assert list(tables["nfcorpus"].columns) == ["clean", "truncate:head:64"] and list(tables["nfcorpus"].index) == ["m"]
+    pooled = tables["mean over datasets"]
+    assert list(pooled.index) == ["m"] and list(pooled.columns) == ["clean", "truncate:head:64"]
+    assert pooled.loc["m"].tolist() == pytest.approx([(0.6 + 0.3) / 2, (0.3 + 0.1) / 2])
+    md = report.grid_markdown(tables)
+    assert "| m | 0.6000 | 0.3000 | 0.3000 | 0.4000 |" in md and "| bm25 | 0.6000 |  |  |  |" in md
+
+
 def test_query_type_rules_on_made_up_texts():
     assert categories.query_type("has anyone investigated the wake .") == "question"
     assert categories.query_type("given a vehicle, is it possible to predict its motion .") == "question"
