@@ -34,6 +34,10 @@ def test_end_to_end_on_tiny_dataset(tiny_dataset, tmp_path, capsys):
     assert summary["dataset"]["warnings"] == {"empty_documents": 1, "judged_documents_missing_from_corpus": 1}
     assert summary["encoder"]["kernel_path"].startswith("torch")
     assert summary["config"]["seed"] == 0 and summary["environment"]["packages"]["torch"]
+    # The CPU kind, beyond its name (two Intel kinds here are both "Intel(R) Xeon(R) Processor"):
+    import encoders.dtype as dt
+    assert summary["environment"]["cpu_flags"] == dt.cpu_matrix_flags()
+    assert set(summary["environment"]["cpu_flags"]) <= set(dt.MATRIX_FLAGS)
     t = summary["timings"]
     assert t["corpus_encode"]["cached"] is False and t["corpus_encode"]["tokens_per_s"] > 0
     assert 0 < t["corpus_encode"]["peak_rss_mb"] <= t["peak_rss_mb"]  # the high-water mark through encoding

@@ -204,19 +204,10 @@ def git_commit() -> dict:
     return dict(commit=commit or None, dirty=bool(dirty)) if commit else {}
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def environment(device) -> dict:
     import torch
+
+    from encoders.dtype import cpu_matrix_flags, cpu_model
 
     versions = {}
     for name in PACKAGES:
@@ -225,7 +216,7 @@ def environment(device) -> dict:
         except metadata.PackageNotFoundError:
             pass
     env = dict(python=platform.python_version(), platform=platform.platform(), cpu=cpu_model(),
-               cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), device=str(device),
+               cpu_flags=cpu_matrix_flags(), cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), device=str(device),
                packages=versions, git=git_commit(), hostname=platform.node())
     if getattr(device, "type", None) == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
